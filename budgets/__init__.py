@@ -1,0 +1,1 @@
+"""Caps, cost estimates, admission and tenant budgets (pure policy, plus the BudgetStore port)."""

@@ -1,0 +1,1 @@
+"""Deliberate: the OpenAI-compatible reasoning-serving gateway (HTTP edge, backends, CLI)."""

@@ -1,0 +1,82 @@
+"""The application factory. Nothing is built at import time: everything starts here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import PackageNotFoundError, version
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from gateway.backends.pool import Pool, build_client
+from gateway.http.api import router
+from gateway.http.errors import install_error_handlers
+from gateway.services import Services
+from gateway.settings import Settings
+from metrics.registry import Metrics
+from routing.config import BackendPool, DeliberateConfig
+from routing.loader import load_config
+from routing.resolve import RouteTable, clashes
+
+log = logging.getLogger(__name__)
+
+
+def gateway_version() -> str:
+    try:
+        return version("deliberate-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def create_app(
+    settings: Settings,
+    config: DeliberateConfig | None = None,
+    registry: CollectorRegistry | None = None,
+    client_factory: Callable[[BackendPool], httpx.AsyncClient] = build_client,
+) -> FastAPI:
+    """Build the gateway.
+
+    ``config`` defaults to ``settings.config`` read from disk (at start-up, in the lifespan);
+    ``registry`` to a fresh one, exposed on ``/metrics``; ``client_factory`` builds each
+    pool's HTTP client (tests pass one with a fake transport).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg = config if config is not None else load_config(settings.config)
+        for warning in clashes(cfg):
+            log.warning("config: %s", warning)
+        pools = {b.name: Pool(b, client_factory(b)) for b in cfg.backends}
+        app.state.services = Services(
+            settings=settings,
+            config=cfg,
+            routes=RouteTable(cfg),
+            pools=pools,
+            metrics=Metrics(registry or CollectorRegistry(), gateway_version()),
+        )
+        # First probe before serving, so max_model_len and health are known; never blocks
+        # start-up for long, and a down backend just starts marked down.
+        await asyncio.gather(*(p.probe_all(settings.ready_timeout_s) for p in pools.values()))
+        loops = [asyncio.create_task(p.health_loop()) for p in pools.values()]
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*(p.client.aclose() for p in pools.values()))
+
+    app = FastAPI(
+        title="Deliberate",
+        version=gateway_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,132 @@
+"""Backend pools: replica state, least-loaded selection and health probing.
+
+A pool owns one pooled ``httpx.AsyncClient`` shared by its replicas. Replica state lives in
+the gateway process (in-flight counts, health) and is only ever touched from the event loop,
+so plain attributes need no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+
+from routing.config import BackendPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replica:
+    """One vLLM server. ``healthy`` starts optimistic: the first probe or call corrects it."""
+
+    url: str
+    in_flight: int = 0
+    healthy: bool = True
+    max_model_len: int | None = None
+    models: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Pool:
+    """Interchangeable replicas serving ``config.model``, behind one connection pool."""
+
+    def __init__(self, config: BackendPool, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.client = client
+        self.replicas = [Replica(url) for url in config.replica_urls]
+        self._turn = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Smallest context length any replica reported (None until one did)."""
+        known = [r.max_model_len for r in self.replicas if r.max_model_len is not None]
+        return min(known) if known else None
+
+    def ordered(self) -> list[Replica]:
+        """Replicas in the order to try them: healthy by fewest in-flight requests, then the rest.
+
+        Ties rotate so equal replicas share the load; unhealthy replicas come last rather
+        than never, since a probe may simply not have noticed a recovery yet.
+        """
+        n = len(self.replicas)
+        self._turn = (self._turn + 1) % n
+        rotated = self.replicas[self._turn :] + self.replicas[: self._turn]
+        return sorted(rotated, key=lambda r: (not r.healthy, r.in_flight))
+
+    def mark_down(self, replica: Replica, reason: str) -> None:
+        if replica.healthy:
+            log.warning("backend %s replica %s marked down: %s", self.name, replica.url, reason)
+        replica.healthy = False
+
+    async def probe(self, replica: Replica, timeout_s: float = 2.0) -> bool:
+        """GET /health (and /v1/models until its context length is known). Updates ``replica``."""
+        try:
+            r = await self.client.get(f"{replica.url}/health", timeout=timeout_s)
+            ok = r.status_code == 200
+            if ok and replica.max_model_len is None:
+                await self._read_models(replica, timeout_s)
+        except httpx.HTTPError as e:
+            ok = False
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        else:
+            reason = f"/health answered {r.status_code}"
+        if ok and not replica.healthy:
+            log.info("backend %s replica %s is healthy again", self.name, replica.url)
+        if ok:
+            replica.healthy = True
+        else:
+            self.mark_down(replica, reason)
+        return ok
+
+    async def _read_models(self, replica: Replica, timeout_s: float) -> None:
+        r = await self.client.get(f"{replica.url}/v1/models", timeout=timeout_s)
+        if r.status_code != 200:
+            return
+        cards = r.json().get("data", [])
+        replica.models = tuple(str(c.get("id")) for c in cards)
+        lens = [c["max_model_len"] for c in cards if isinstance(c.get("max_model_len"), int)]
+        if self.model not in replica.models:
+            log.warning(
+                "backend %s replica %s does not serve model %r (it serves %s)",
+                self.name,
+                replica.url,
+                self.model,
+                list(replica.models),
+            )
+        if lens:
+            replica.max_model_len = min(lens)
+
+    async def probe_all(self, timeout_s: float = 2.0) -> list[bool]:
+        return list(await asyncio.gather(*(self.probe(r, timeout_s) for r in self.replicas)))
+
+    async def health_loop(self) -> None:
+        """Probe every replica every ``health_interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            await self.probe_all()
+
+
+def build_client(config: BackendPool) -> httpx.AsyncClient:
+    """The pooled client of one pool (its limits and timeouts come from the config)."""
+    t = config.timeouts
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s),
+        limits=httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+            keepalive_expiry=30.0,
+        ),
+        # SSE is forwarded byte for byte; never let a proxy env var or compression get between.
+        headers={"accept-encoding": "identity"},
+        trust_env=False,
+    )

@@ -1,0 +1,64 @@
+"""Per-request state the pipeline fills in as it learns it, and the headers derived from it."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from metrics.registry import Outcome, RequestRecord
+from strategies.usage import Usage
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's ``x-request-id`` when it is a sane token, else a fresh one."""
+    if header is not None and _SAFE_ID.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RequestContext:
+    """What is known about one request so far. Metrics are recorded from it exactly once."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    route: str | None = None
+    strategy: str | None = None
+    backend: str | None = None
+    outcome: Outcome = "ok"
+    ttft_s: float | None = None
+    usage: Usage = Usage()
+    _recorded: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """``x-deliberate-*`` headers for what is known, plus ``x-request-id``."""
+        h = {"x-request-id": self.request_id}
+        if self.route is not None:
+            h["x-deliberate-route"] = self.route
+        if self.strategy is not None:
+            h["x-deliberate-strategy"] = self.strategy
+        if self.backend is not None:
+            h["x-deliberate-backend"] = self.backend
+        return h
+
+    def mark_first_token(self) -> None:
+        if self.ttft_s is None:
+            self.ttft_s = time.perf_counter() - self.started
+
+    def finish(self) -> RequestRecord | None:
+        """The metrics record, the first time only (later calls return None)."""
+        if self._recorded:
+            return None
+        self._recorded = True
+        return RequestRecord(
+            route=self.route or "none",
+            strategy=self.strategy or "none",
+            outcome=self.outcome,
+            duration_s=time.perf_counter() - self.started,
+            ttft_s=self.ttft_s,
+            usage=self.usage,
+        )

@@ -1,0 +1,1 @@
+"""HTTP layer: routes (parse → call → serialise) and the one error handler."""

@@ -1,0 +1,186 @@
+"""HTTP routes. Each is parse → call → serialise; the work happens in ``gateway.pipeline``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.context import RequestContext, request_id_from
+from gateway.errors import ClientDisconnected, DeliberateError, RequestTooLarge
+from gateway.http.errors import error_response, json_response
+from gateway.pipeline import Endpoint, complete
+from gateway.services import Services
+
+T = TypeVar("T")
+router = APIRouter()
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _completion(request, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _completion(request, "completions")
+
+
+async def _completion(request: Request, endpoint: Endpoint) -> Response:
+    services = services_of(request)
+    ctx = RequestContext(request_id_from(request.headers.get("x-request-id")))
+    request.state.ctx = ctx
+    streaming = False
+    try:
+        raw = await read_body(request, services.config.limits.max_body_bytes)
+        answer = await until_disconnect(request, ctx, complete(services, endpoint, raw, ctx))
+        if answer.stream is not None:
+            streaming = True
+            return StreamingResponse(
+                _recorded(answer.stream, services, ctx),
+                media_type="text/event-stream",
+                headers={**ctx.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        assert answer.body is not None
+        return Response(answer.body, media_type="application/json", headers=ctx.headers())
+    except DeliberateError as e:
+        return error_response(request, e)
+    except asyncio.CancelledError:
+        ctx.outcome = "cancelled"
+        raise
+    except Exception:
+        ctx.outcome = "internal_error"
+        raise
+    finally:
+        if not streaming and (rec := ctx.finish()) is not None:
+            services.metrics.record(rec)
+
+
+async def _recorded(
+    stream: AsyncIterator[bytes], services: Services, ctx: RequestContext
+) -> AsyncIterator[bytes]:
+    """Relay ``stream`` and record the request's metrics when it ends, however it ends."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except BaseException:
+        if ctx.outcome == "ok":
+            ctx.outcome = "cancelled"
+        raise
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        if (rec := ctx.finish()) is not None:
+            services.metrics.record(rec)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without buffering them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    if declared is not None:
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def until_disconnect(request: Request, ctx: RequestContext, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client goes away first.
+
+    Cancelling closes the backend connection, which makes vLLM abort the generation, so a
+    client that gives up stops costing compute. (Streams get this from Starlette itself.)
+    """
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    job: asyncio.Future[T] = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((job, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if job.cancelled():
+        ctx.outcome = "cancelled"
+        raise ClientDisconnected("the client disconnected before the answer was ready")
+    return job.result()
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> Response:
+    services = services_of(request)
+    created = int(time.time())
+    cards: list[dict[str, Any]] = []
+    for model_id in services.routes.model_ids():
+        route = services.routes.resolve(model_id)
+        card: dict[str, Any] = {
+            "id": model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "deliberate",
+        }
+        if route is not None:
+            pool = services.pools[route.backend]
+            card["deliberate"] = {
+                "route": route.name,
+                "strategy": route.strategy,
+                "backend": pool.name,
+                "backend_model": pool.model,
+            }
+            if pool.max_model_len is not None:
+                card["max_model_len"] = pool.max_model_len
+        cards.append(card)
+    return json_response({"object": "list", "data": cards})
+
+
+@router.get("/health")
+async def health() -> Response:
+    """Liveness: the process answers. Says nothing about backends (see /ready)."""
+    return json_response({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> Response:
+    """Readiness: at least one replica of every configured pool answers /health now."""
+    services = services_of(request)
+    timeout = services.settings.ready_timeout_s
+    pools = list(services.pools.values())
+    results = await asyncio.gather(*(p.probe_all(timeout) for p in pools))
+    detail = {
+        p.name: {
+            "ready": any(ok),
+            "replicas": {r.url: ok_r for r, ok_r in zip(p.replicas, ok, strict=True)},
+        }
+        for p, ok in zip(pools, results, strict=True)
+    }
+    is_ready = all(d["ready"] for d in detail.values())
+    body = {"status": "ready" if is_ready else "not_ready", "backends": detail}
+    return json_response(body, 200 if is_ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry = services_of(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

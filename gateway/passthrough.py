@@ -1,0 +1,122 @@
+"""single-pass at the HTTP edge: forward the client's JSON to one replica and its answer back.
+
+Nothing is re-encoded on the way back. Non-streaming bodies go out as received; streams go
+out event by event as they arrive. The gateway only peeks: at ``usage`` for accounting and at
+the first visible token for TTFT. For accounting it always asks the backend for stream
+usage, and drops that final usage event when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.backends.upstream import Upstream
+from gateway.context import RequestContext
+from gateway.sse import DONE, EventSplitter, event_data, format_event
+from strategies.usage import Usage
+
+
+async def read_json_body(upstream: Upstream, ctx: RequestContext) -> bytes:
+    """Read a whole non-streaming answer, account for its usage, close the upstream."""
+    try:
+        body = await upstream.response.aread()
+    finally:
+        await upstream.aclose()
+    ctx.mark_first_token()
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        usage = None
+    ctx.usage = Usage.from_openai(usage)
+    return body
+
+
+def force_stream_usage(payload: dict[str, Any]) -> bool:
+    """Ask the backend for usage in streams; True when the client asked for it itself."""
+    opts = payload.get("stream_options")
+    client_wants = isinstance(opts, dict) and bool(opts.get("include_usage"))
+    if not client_wants:
+        payload["stream_options"] = {
+            **(opts if isinstance(opts, dict) else {}),
+            "include_usage": True,
+        }
+    return client_wants
+
+
+async def relay_stream(
+    upstream: Upstream, ctx: RequestContext, *, client_wants_usage: bool
+) -> AsyncIterator[bytes]:
+    """Yield the backend's SSE events as they arrive, noting TTFT and usage on the way.
+
+    A backend failure mid-stream becomes one OpenAI-shaped ``error`` event (the client
+    already has a 200); a client disconnect closes the upstream, which makes vLLM abort.
+    """
+    splitter = EventSplitter()
+    try:
+        async for chunk in upstream.response.aiter_raw():
+            out = [e for e in splitter.feed(chunk) if _inspect(e, ctx, client_wants_usage)]
+            if out:
+                yield b"".join(out) if len(out) > 1 else out[0]
+        tail = splitter.tail()
+        if tail.strip():
+            yield tail
+    except httpx.HTTPError as e:
+        ctx.outcome = "backend_error"
+        message = f"the backend stopped mid-stream ({type(e).__name__}); the answer is incomplete"
+        yield format_event(
+            orjson.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": "backend_error",
+                        "param": None,
+                        "code": "backend_stream_error",
+                    }
+                }
+            )
+        )
+    finally:
+        await upstream.aclose()
+
+
+def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bool:
+    """Update ``ctx`` from one event; return whether to forward it."""
+    if ctx.ttft_s is not None and b'"usage"' not in event and b'"error"' not in event:
+        return True  # hot path: nothing left to learn from an ordinary content chunk
+    data = event_data(event)
+    if data is None or data == DONE:
+        return True
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(obj, dict):
+        return True
+    if "error" in obj:
+        ctx.outcome = "backend_error"
+        return True
+    choices = obj.get("choices")
+    if ctx.ttft_s is None and choices and _has_visible_output(choices):
+        ctx.mark_first_token()
+    usage = obj.get("usage")
+    if usage:
+        ctx.usage = Usage.from_openai(usage)
+        if not choices and not client_wants_usage:
+            return False
+    return True
+
+
+def _has_visible_output(choices: list[Any]) -> bool:
+    for c in choices:
+        if not isinstance(c, dict):
+            continue
+        delta = c.get("delta")
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
+            return True
+        if c.get("text"):  # legacy completions
+            return True
+    return False

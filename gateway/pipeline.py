@@ -1,0 +1,172 @@
+"""One completion request, start to finish. Read this file to see the whole data path.
+
+parse + validate → resolve the route → check limits → run the route's strategy → respond.
+Metrics are recorded by the HTTP layer from the ``RequestContext`` once the response (or
+its stream) is over.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from budgets.limits import (
+    check_context,
+    check_shape,
+    completion_cap,
+    prompt_token_upper_bound,
+)
+from gateway.backends.pool import Pool
+from gateway.backends.upstream import open_upstream
+from gateway.context import RequestContext
+from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
+from gateway.schemas import ChatCompletionRequest, CompletionRequest
+from gateway.services import Services
+from routing.loader import format_loc
+
+Endpoint = Literal["chat", "completions"]
+_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_SCHEMAS: dict[Endpoint, type[BaseModel]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+}
+
+
+@dataclass
+class Answer:
+    """A finished JSON body, or a stream of SSE bytes still to be relayed."""
+
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+async def complete(
+    services: Services, endpoint: Endpoint, raw: bytes, ctx: RequestContext
+) -> Answer:
+    """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body."""
+    payload = parse_payload(raw, _SCHEMAS[endpoint])
+    route = services.routes.resolve(payload["model"])
+    if route is None:
+        raise ModelNotFound(
+            f"model {payload['model']!r} is not a route, a backend model or 'auto'; "
+            f"available: {services.routes.model_ids()}",
+            param="model",
+        )
+    ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
+    pool = services.pools[route.backend]
+
+    limits = services.config.limits
+    if (
+        v := check_shape(payload, max_messages=limits.max_messages, max_n=limits.max_n)
+    ) is not None:
+        raise InvalidRequest(v.message, param=v.param, code=v.code)
+    await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+
+    # single-pass is the only strategy so far: a faithful pass-through to one replica.
+    payload["model"] = pool.model
+    streaming = bool(payload.get("stream"))
+    client_wants_usage = force_stream_usage(payload) if streaming else False
+    upstream = await open_upstream(pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id)
+    if streaming:
+        return Answer(stream=relay_stream(upstream, ctx, client_wants_usage=client_wants_usage))
+    return Answer(body=await read_json_body(upstream, ctx))
+
+
+def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
+    """The body as a dict, validated against ``schema``; 400 naming the field otherwise."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"the request body is not valid JSON: {e}", code="invalid_json") from e
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    try:
+        schema.model_validate(payload)
+    except ValidationError as e:
+        param, message = describe_validation_error(e)
+        raise InvalidRequest(message, param=param) from e
+    return payload
+
+
+# pydantic names the member of a union that failed ("str", "list[str]", "ChatMessage"...) in
+# the error location; clients need the field, so the location is cut before such a tag.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
+def describe_validation_error(error: ValidationError) -> tuple[str | None, str]:
+    """The OpenAI ``param`` (e.g. ``messages[0].role``) and a message for the first problem."""
+    located: list[tuple[str, str]] = []
+    for err in error.errors(include_url=False):
+        loc = list(err["loc"])
+        cut = next(
+            (i for i, p in enumerate(loc) if isinstance(p, str) and _UNION_TAG.match(p)), None
+        )
+        located.append((format_loc(loc[:cut]), str(err["msg"])))
+    param = located[0][0]
+    reasons = list(dict.fromkeys(msg for p, msg in located if p == param))
+    where = f"'{param}'" if param else "the request body"
+    return (param or None), f"Invalid value for {where}: {'; or '.join(reasons)}"
+
+
+async def check_prompt_fits(
+    pool: Pool, endpoint: Endpoint, payload: dict[str, Any], body_bytes: int, ctx: RequestContext
+) -> None:
+    """400 before dispatch when the prompt cannot fit the backend's context length.
+
+    Cheap bound first (no tokenizer); only a request near the limit is counted exactly
+    with the backend's ``/tokenize``. Unknown context length → vLLM remains the judge.
+    """
+    max_len = pool.max_model_len
+    if max_len is None:
+        return
+    cap = completion_cap(payload)
+    messages = payload.get("messages")
+    n_messages = len(messages) if isinstance(messages, list) else 1
+    bound = prompt_token_upper_bound(body_bytes, n_messages)
+    if check_context(bound, cap, max_len, "messages") is None:
+        return
+    count = await count_prompt_tokens(pool, endpoint, payload, ctx)
+    if count is None:
+        return
+    prompt_param = "messages" if endpoint == "chat" else "prompt"
+    if (v := check_context(count, cap, max_len, prompt_param)) is not None:
+        raise ContextLengthExceeded(v.message, param=v.param)
+
+
+async def count_prompt_tokens(
+    pool: Pool, endpoint: Endpoint, payload: dict[str, Any], ctx: RequestContext
+) -> int | None:
+    """Exact prompt length from the backend's ``/tokenize``; None if it cannot tell."""
+    if endpoint == "chat":
+        req: dict[str, Any] = {"model": pool.model, "messages": payload["messages"]}
+        for key in (
+            "tools",
+            "add_generation_prompt",
+            "continue_final_message",
+            "chat_template_kwargs",
+        ):
+            if key in payload:
+                req[key] = payload[key]
+    else:
+        prompt = payload["prompt"]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return len(prompt)
+        if not isinstance(prompt, str):
+            return None  # batched prompts: leave it to vLLM
+        req = {"model": pool.model, "prompt": prompt}
+    upstream = await open_upstream(pool, "/tokenize", orjson.dumps(req), ctx.request_id + "-tok")
+    try:
+        data = orjson.loads(await upstream.response.aread())
+    except (orjson.JSONDecodeError, httpx.HTTPError):
+        return None
+    finally:
+        await upstream.aclose()
+    count = data.get("count") if isinstance(data, dict) else None
+    return count if isinstance(count, int) else None

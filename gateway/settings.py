@@ -1,0 +1,23 @@
+"""Process settings from the environment (``DELIBERATE_*``); the policy lives in routes.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway process needs that is not routing policy."""
+
+    model_config = SettingsConfigDict(env_prefix="DELIBERATE_", extra="ignore")
+
+    config: Path = Field(Path("configs/routes.yaml"), description="Path of the policy file.")
+    host: str = Field("127.0.0.1", description="Interface the gateway listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the gateway listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ready_timeout_s: float = Field(
+        2.0, gt=0, description="Per-replica timeout of the /ready probe."
+    )

@@ -1,0 +1,104 @@
+"""The ``Metrics`` object: every gateway metric, bound to an injected ``CollectorRegistry``.
+
+Labels are low-cardinality by construction: route and strategy names come from the policy
+file, ``outcome`` and ``kind`` from fixed sets. Prompts, keys and tenants never become labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from strategies.usage import Usage
+
+Outcome = Literal[
+    "ok", "client_error", "backend_error", "unavailable", "timeout", "cancelled", "internal_error"
+]
+
+# Seconds. TTFT of a reasoning route can be tens of seconds; single-pass is milliseconds.
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    320.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What one finished request contributes to the metrics (recorded exactly once)."""
+
+    route: str
+    strategy: str
+    outcome: Outcome
+    duration_s: float
+    ttft_s: float | None = None
+    usage: Usage = Usage()
+
+
+class Metrics:
+    """All gateway metrics. Build one per app with the registry the app exposes on /metrics."""
+
+    def __init__(self, registry: CollectorRegistry, version: str = "unknown") -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "deliberate_requests",
+            "Completion requests by serving route, strategy and outcome.",
+            ["route", "strategy", "outcome"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "deliberate_request_duration_seconds",
+            "End-to-end request latency as the gateway sees it.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "deliberate_ttft_seconds",
+            "Time to the first visible token as the client sees it (whole answer when not streaming).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "deliberate_tokens",
+            "Tokens by kind: prompt (sent to backends), visible (returned), hidden (generated, not returned).",
+            ["route", "kind"],
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "deliberate_build_info",
+            "Gateway version (value is always 1).",
+            ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(version=version).set(1)
+
+    def record(self, rec: RequestRecord) -> None:
+        """Record one finished request."""
+        self.requests.labels(rec.route, rec.strategy, rec.outcome).inc()
+        self.request_duration.labels(rec.route).observe(rec.duration_s)
+        if rec.ttft_s is not None:
+            self.ttft.labels(rec.route).observe(rec.ttft_s)
+        for kind, n in (
+            ("prompt", rec.usage.prompt),
+            ("visible", rec.usage.visible),
+            ("hidden", rec.usage.hidden),
+        ):
+            if n:
+                self.tokens.labels(rec.route, kind).inc(n)

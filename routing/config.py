@@ -1,0 +1,130 @@
+"""The policy file (``configs/routes.yaml``) as typed, validated pydantic models.
+
+Pure data: no I/O happens here. ``routing.loader`` reads and parses the file and turns
+validation errors into ``file:path: message`` lines. Every model forbids unknown keys so a
+typo in the YAML is an error, not a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+
+from strategies.single_pass import SinglePassParams
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Timeouts for one backend pool, in seconds."""
+
+    connect_s: float = Field(2.0, gt=0, description="TCP connect timeout.")
+    read_s: float = Field(600.0, gt=0, description="Max wait between two bytes from the backend.")
+    write_s: float = Field(30.0, gt=0, description="Max time to send the request body.")
+    pool_s: float = Field(5.0, gt=0, description="Max wait for a free pooled connection.")
+
+
+class BackendPool(_Strict):
+    """A pool of interchangeable vLLM replicas serving one model."""
+
+    name: Name
+    model: str = Field(
+        min_length=1, description="Model name the replicas serve (--served-model-name)."
+    )
+    replicas: list[AnyHttpUrl] = Field(min_length=1, description="Base URLs, without /v1.")
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(512, ge=1, description="Pooled connections per pool.")
+    health_interval_s: float = Field(5.0, gt=0, description="Period of the /health probe.")
+    default_route: Name | None = Field(
+        None,
+        description="Route used when a request names this pool's model; default: first route on the pool.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_replicas(self) -> BackendPool:
+        urls = [str(u).rstrip("/") for u in self.replicas]
+        if len(set(urls)) != len(urls):
+            raise ValueError("replicas must be distinct URLs")
+        return self
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """Replica base URLs without a trailing slash."""
+        return [str(u).rstrip("/") for u in self.replicas]
+
+
+class Route(_Strict):
+    """A named way of answering: a strategy with its parameters on one backend pool."""
+
+    name: Name
+    strategy: Literal["single-pass"] = Field(description="Test-time-compute strategy.")
+    backend: Name = Field(description="Name of a backend pool.")
+    params: SinglePassParams = SinglePassParams()
+
+
+class Limits(_Strict):
+    """Request limits checked before anything is sent to a backend."""
+
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest accepted request body."
+    )
+    max_messages: int = Field(512, ge=1, description="Most messages in one chat request.")
+    max_n: int = Field(16, ge=1, description="Largest `n` (choices per request).")
+
+
+class DeliberateConfig(_Strict):
+    """The whole policy file."""
+
+    version: Literal[1] = 1
+    default_route: Name = Field(description="Route used for model 'auto'.")
+    limits: Limits = Limits()
+    backends: list[BackendPool] = Field(min_length=1)
+    routes: list[Route] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> DeliberateConfig:
+        problems = cross_reference_problems(self)
+        if problems:
+            # One line per problem, each starting with its path; the loader prints them as-is.
+            raise ValueError("\n".join(f"{path}: {msg}" for path, msg in problems))
+        return self
+
+    def pool(self, name: str) -> BackendPool:
+        """The backend pool called ``name`` (validated to exist for every route)."""
+        return next(b for b in self.backends if b.name == name)
+
+
+def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
+    """Problems between sections (names that must exist or be unique), as ``(path, message)``."""
+    problems: list[tuple[str, str]] = []
+    pools = [b.name for b in cfg.backends]
+    routes = [r.name for r in cfg.routes]
+    for section, names in (("backends", pools), ("routes", routes)):
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                problems.append((f"{section}[{i}].name", f"duplicate name {n!r}"))
+            seen.add(n)
+    if cfg.default_route not in routes:
+        problems.append(("default_route", f"unknown route {cfg.default_route!r}; routes: {routes}"))
+    for i, r in enumerate(cfg.routes):
+        if r.name == "auto":
+            problems.append((f"routes[{i}].name", "'auto' is reserved for the router"))
+        if r.backend not in pools:
+            problems.append(
+                (f"routes[{i}].backend", f"unknown backend {r.backend!r}; backends: {pools}")
+            )
+    for i, b in enumerate(cfg.backends):
+        if b.default_route is not None and b.default_route not in routes:
+            problems.append(
+                (
+                    f"backends[{i}].default_route",
+                    f"unknown route {b.default_route!r}; routes: {routes}",
+                )
+            )
+    return problems

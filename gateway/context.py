@@ -32,6 +32,7 @@ class RequestContext:
     outcome: Outcome = "ok"
     ttft_s: float | None = None
     usage: Usage = Usage()
+    stream_done: bool = False  # the backend's stream was relayed to its end
     _recorded: bool = False
 
     def headers(self) -> dict[str, str]:

@@ -8,7 +8,7 @@ usage, and drops that final usage event when the client did not ask for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -49,7 +49,7 @@ def force_stream_usage(payload: dict[str, Any]) -> bool:
 
 async def relay_stream(
     upstream: Upstream, ctx: RequestContext, *, client_wants_usage: bool
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the backend's SSE events as they arrive, noting TTFT and usage on the way.
 
     A backend failure mid-stream becomes one OpenAI-shaped ``error`` event (the client
@@ -64,9 +64,11 @@ async def relay_stream(
         tail = splitter.tail()
         if tail.strip():
             yield tail
+        ctx.stream_done = True
     except httpx.HTTPError as e:
         ctx.outcome = "backend_error"
         message = f"the backend stopped mid-stream ({type(e).__name__}); the answer is incomplete"
+        ctx.stream_done = True  # ended, with the error reported to the client
         yield format_event(
             orjson.dumps(
                 {

@@ -8,7 +8,7 @@ its stream) is over.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from budgets.limits import (
     prompt_token_upper_bound,
 )
 from gateway.backends.pool import Pool
-from gateway.backends.upstream import open_upstream
+from gateway.backends.upstream import Upstream, open_upstream
 from gateway.context import RequestContext
 from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
@@ -41,10 +41,21 @@ _SCHEMAS: dict[Endpoint, type[BaseModel]] = {
 
 @dataclass
 class Answer:
-    """A finished JSON body, or a stream of SSE bytes still to be relayed."""
+    """A finished JSON body, or a stream of SSE bytes still to be relayed.
+
+    A stream holds a backend response open: ``aclose`` (idempotent) releases it and must be
+    called once the relay is over, whether or not the stream was ever iterated.
+    """
 
     body: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
+    upstream: Upstream | None = None
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+        if self.upstream is not None:
+            await self.upstream.aclose()
 
 
 async def complete(
@@ -75,7 +86,8 @@ async def complete(
     client_wants_usage = force_stream_usage(payload) if streaming else False
     upstream = await open_upstream(pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id)
     if streaming:
-        return Answer(stream=relay_stream(upstream, ctx, client_wants_usage=client_wants_usage))
+        stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage)
+        return Answer(stream=stream, upstream=upstream)
     return Answer(body=await read_json_body(upstream, ctx))
 
 

@@ -6,6 +6,7 @@ gateway's HTTP code is exercised for real; only the model is scripted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class FakeReplica:
     words: tuple[str, ...] = ("Hello", " there", "!")
     reasoning_tokens: int = 0
     break_stream_after: int | None = None  # raise mid-stream after this many content chunks
+    chunk_delay_s: float = 0.0  # pause before each streamed content chunk
 
 
 @dataclass
@@ -146,6 +148,8 @@ class FakeVLLM:
                 {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
             )
         for i, word in enumerate(rep.words):
+            if rep.chunk_delay_s:
+                await asyncio.sleep(rep.chunk_delay_s)
             if rep.break_stream_after is not None and i >= rep.break_stream_after:
                 raise httpx.ReadError("connection reset by peer")
             choice = (

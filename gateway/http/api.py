@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from gateway.context import RequestContext, request_id_from
 from gateway.errors import ClientDisconnected, DeliberateError, RequestTooLarge
 from gateway.http.errors import error_response, json_response
-from gateway.pipeline import Endpoint, complete
+from gateway.pipeline import Answer, Endpoint, complete
 from gateway.services import Services
 
 T = TypeVar("T")
@@ -47,11 +48,7 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
         answer = await until_disconnect(request, ctx, complete(services, endpoint, raw, ctx))
         if answer.stream is not None:
             streaming = True
-            return StreamingResponse(
-                _recorded(answer.stream, services, ctx),
-                media_type="text/event-stream",
-                headers={**ctx.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"},
-            )
+            return RelayResponse(answer, ctx, services)
         assert answer.body is not None
         return Response(answer.body, media_type="application/json", headers=ctx.headers())
     except DeliberateError as e:
@@ -67,21 +64,32 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
             services.metrics.record(rec)
 
 
-async def _recorded(
-    stream: AsyncIterator[bytes], services: Services, ctx: RequestContext
-) -> AsyncIterator[bytes]:
-    """Relay ``stream`` and record the request's metrics when it ends, however it ends."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    except BaseException:
-        if ctx.outcome == "ok":
-            ctx.outcome = "cancelled"
-        raise
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]
-        if (rec := ctx.finish()) is not None:
-            services.metrics.record(rec)
+class RelayResponse(StreamingResponse):
+    """A relayed SSE stream whose ``on_close`` runs however the response ends.
+
+    A plain generator's ``finally`` never runs if the client leaves before the first chunk
+    (the generator was never started); the backend response would then leak. Running the
+    cleanup around ``__call__`` closes it in every case.
+    """
+
+    def __init__(self, answer: Answer, ctx: RequestContext, services: Services) -> None:
+        assert answer.stream is not None
+        super().__init__(
+            answer.stream,
+            media_type="text/event-stream",
+            headers={**ctx.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        self._answer, self._ctx, self._services = answer, ctx, services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._answer.aclose()
+            if not self._ctx.stream_done and self._ctx.outcome == "ok":
+                self._ctx.outcome = "cancelled"  # the client left before the end
+            if (rec := self._ctx.finish()) is not None:
+                self._services.metrics.record(rec)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -7,6 +7,7 @@ the SSE framing of streams (with and without ``stream_options.include_usage``).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -146,8 +147,6 @@ async def test_bad_json_is_400_and_unknown_path_404() -> None:
 
 
 def test_lifespan_startup_and_shutdown_complete() -> None:
-    import asyncio
-
     async def run() -> list[str]:
         inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
         sent: list[str] = []

@@ -273,8 +273,8 @@ def percentile(sorted_xs: Sequence[float], q: float) -> float:
 
 
 def make_client(max_concurrency: int) -> httpx.AsyncClient:
-    """The single load-generator client: pooled keep-alive connections, no proxy env vars."""
-    conns = max_concurrency + 8
+    """A load-generator client: pooled keep-alive connections, no proxy env vars."""
+    conns = max_concurrency + 2
     return httpx.AsyncClient(
         trust_env=False,
         timeout=httpx.Timeout(300.0, connect=5.0),
@@ -326,26 +326,34 @@ def has_content(line: str) -> bool:
         return False
 
 
-async def run_phase(request: Callable[[], Awaitable[float]], n: int, concurrency: int) -> PhaseRun:
+Request = Callable[[httpx.AsyncClient], Awaitable[float]]
+"""Sends one request with the given client; returns the measured seconds."""
+
+
+async def run_phase(
+    request: Request, clients: Sequence[httpx.AsyncClient], n: int, concurrency: int
+) -> PhaseRun:
     """Send ``n`` requests with ``concurrency`` workers; each worker sends its next request as
-    soon as its previous one is done (closed loop). GC is paused so the load generator's own
-    collections do not land inside one side's measurements."""
+    soon as its previous one is done (closed loop). Worker i uses ``clients[i % len(clients)]``.
+    GC is paused so the load generator's own collections do not land inside one side's
+    measurements."""
     todo = iter(range(n))
     latencies: list[float] = []
     errors: list[str] = []
 
-    async def worker() -> None:
+    async def worker(client: httpx.AsyncClient) -> None:
         for _ in todo:  # shared iterator: the workers take requests off one queue
             try:
-                latencies.append(await request())
+                latencies.append(await request(client))
             except (httpx.HTTPError, BenchError) as e:
                 errors.append(f"{type(e).__name__}: {e}")
 
+    workers = min(concurrency, max(n, 1))
     gc.collect()
     gc.disable()
     try:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, max(n, 1)))))
+        await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(workers)))
         wall = time.perf_counter() - t0
     finally:
         gc.enable()
@@ -366,7 +374,7 @@ def block_sizes(total: int, blocks: int) -> list[int]:
 
 
 async def measure(
-    client: httpx.AsyncClient,
+    clients: Sequence[httpx.AsyncClient],
     target: Target,
     scenario: Scenario,
     blocks: int,
@@ -380,12 +388,14 @@ async def measure(
         for side in side_order(block):
             url, body = target.url(side), target.body(side, scenario.stream)
 
-            def request(url: str = url, body: bytes = body) -> Awaitable[float]:
+            def request(
+                client: httpx.AsyncClient, url: str = url, body: bytes = body
+            ) -> Awaitable[float]:
                 return timer(client, url, body)
 
-            await run_phase(request, n_warm, scenario.concurrency)  # warm-up, discarded
+            await run_phase(request, clients, n_warm, scenario.concurrency)  # warm-up
             cpu_before = process_cpu_s(target.gateway_pid) if side == "gateway" else None
-            run = await run_phase(request, n, scenario.concurrency)
+            run = await run_phase(request, clients, n, scenario.concurrency)
             if cpu_before is not None:
                 run.gateway_cpu_s = process_cpu_s(target.gateway_pid) - cpu_before
             samples[side].add(run)
@@ -408,15 +418,31 @@ async def preflight(client: httpx.AsyncClient, target: Target) -> None:
 
 
 async def run_all(
-    targets: Sequence[Target], scenarios: Sequence[Scenario], blocks: int, warmup: int
+    targets: Sequence[Target],
+    scenarios: Sequence[Scenario],
+    blocks: int,
+    warmup: int,
+    client_per_worker: bool = False,
 ) -> list[Comparison]:
-    """Every scenario of every target, with one load-generator client for the whole run."""
-    results: list[Comparison] = []
-    async with make_client(max(s.concurrency for s in scenarios)) as client:
+    """Every scenario of every target, with the same load-generator client(s) for the whole run.
+
+    By default ONE pooled client serves every worker. ``client_per_worker`` gives each worker
+    its own single-connection client instead: at 32 connections, httpcore's pool bookkeeping
+    (``AsyncConnectionPool._assign_requests_to_connections``, quadratic in the connections,
+    plus a ``poll`` per idle connection) costs the shared client ~1.5 ms of CPU per request on
+    this machine, so high-concurrency phases measure the load generator more than the servers.
+    """
+    most = max(s.concurrency for s in scenarios)
+    async with contextlib.AsyncExitStack() as stack:
+        if client_per_worker:
+            clients = [await stack.enter_async_context(make_client(1)) for _ in range(most)]
+        else:
+            clients = [await stack.enter_async_context(make_client(most))]
+        results: list[Comparison] = []
         for target in targets:
-            await preflight(client, target)
+            await preflight(clients[0], target)
             for scenario in scenarios:
-                results.append(await measure(client, target, scenario, blocks, warmup))
+                results.append(await measure(clients, target, scenario, blocks, warmup))
     return results
 
 
@@ -715,6 +741,7 @@ class Options:
     cpus: set[int] | None
     backend_url: str | None
     quick: bool
+    client_per_worker: bool
 
     def scenarios(self) -> list[Scenario]:
         plain = [Scenario(f"c{c}", c, stream=False) for c in self.concurrency]
@@ -760,6 +787,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--backend-url", help=f"A running vLLM to use (default ${BACKEND_URL_ENV}, else start one)."
     )
+    p.add_argument(
+        "--client-per-worker",
+        action="store_true",
+        help="One single-connection httpx client per worker instead of ONE shared pooled "
+        "client (whose pool bookkeeping makes c=32 load-generator-bound).",
+    )
     a = p.parse_args(argv)
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     if not targets or set(targets) - {"mock", "vllm"}:
@@ -779,6 +812,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         cpus=parse_cpus(a.cpus),
         backend_url=a.backend_url,
         quick=a.quick,
+        client_per_worker=a.client_per_worker,
     )
 
 
@@ -826,7 +860,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             targets = build_targets(opts, mock_url, gw_url, gw_pid, vllm)
             console.rule(f"measuring (gateway pid {gw_pid}, cpus {sorted(affinity)})")
-            results = run_event_loop(run_all(targets, opts.scenarios(), opts.blocks, opts.warmup))
+            results = run_event_loop(
+                run_all(targets, opts.scenarios(), opts.blocks, opts.warmup, opts.client_per_worker)
+            )
     except KeyboardInterrupt:
         console.print("[red]interrupted: everything started was stopped[/red]")
         return 130
@@ -874,7 +910,11 @@ def settings_json(opts: Options, affinity: set[int]) -> dict[str, Any]:
         "warmup_per_phase": opts.warmup,
         "bench_cpu_affinity": sorted(affinity),
         "request": {"max_tokens": 1, "temperature": 0, "prompt": PROMPT},
-        "load_generator": "one httpx.AsyncClient (pooled keep-alive, trust_env=False)",
+        "load_generator": (
+            "one single-connection httpx.AsyncClient per worker"
+            if opts.client_per_worker
+            else "one shared httpx.AsyncClient (pooled keep-alive, trust_env=False)"
+        ),
     }
 
 

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from overhead import (
     parse_cpus,
     pin_cpus,
     process_cpu_s,
+    run_phase,
     service,
     timed_request,
     write_config,
@@ -79,12 +80,19 @@ def chat_body(model: str) -> bytes:
     )
 
 
-async def _drive(url: str, body: bytes, n: int, warmup: int) -> float:
-    """``warmup`` then ``n`` requests at concurrency 1; returns the measured p50 in seconds."""
-    async with make_client(1) as client:
-        for _ in range(warmup):
-            await timed_request(client, url, body)
-        latencies = sorted([await timed_request(client, url, body) for _ in range(n)])
+async def _drive(url: str, body: bytes, n: int, warmup: int, concurrency: int = 1) -> float:
+    """``warmup`` then ``n`` requests with ``concurrency`` closed-loop workers, each with its own
+    single-connection client (so the load generator stays cheap); returns the p50 in seconds."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(make_client(1)) for _ in range(concurrency)]
+
+        def request(client: httpx.AsyncClient) -> Awaitable[float]:
+            return timed_request(client, url, body)
+
+        if warmup:
+            await run_phase(request, clients, warmup, concurrency)
+        run = await run_phase(request, clients, n, concurrency) if n else None
+    latencies = sorted(run.latencies_s) if run else []
     return latencies[len(latencies) // 2] if latencies else 0.0
 
 
@@ -151,7 +159,11 @@ def span_rows(report: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def run_spans(requests: int) -> None:
-    """Start the instrumented gateway on the mock and print the per-component CPU table."""
+    """Start the instrumented gateway on the mock and print the per-component CPU table.
+
+    Concurrency 1 only: with several requests in flight, the CPU used while one span awaits
+    would belong to other requests.
+    """
     with mock_and_dir() as (log_dir, mock_url, mock_pid):
         config = write_config(gateway_config(mock_url, None), log_dir)
         port = free_port()
@@ -159,10 +171,11 @@ def run_spans(requests: int) -> None:
         argv = [sys.executable, str(BENCH_DIR / "gateway_spans.py"), "--config", str(config)]
         with service("gateway-spans", argv + ["--port", str(port)], url + "/health", log_dir):
             body = chat_body(MOCK_ROUTE)
-            asyncio.run(_drive(url + "/v1/chat/completions", body, 0, 300))
+            chat = url + "/v1/chat/completions"
+            asyncio.run(_drive(chat, body, 0, 300))
             with httpx.Client(trust_env=False) as client:
                 client.post(url + "/_bench/reset")
-                p50 = asyncio.run(_drive(url + "/v1/chat/completions", body, requests, 0))
+                p50 = asyncio.run(_drive(chat, body, requests, 0))
                 report = client.get(url + "/_bench/spans").json()
     rows = span_rows(report)
     total_us = report["process_cpu_ns"] / max(report["requests"], 1) / 1e3

@@ -19,10 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-# Nothing here may reach a model hub (none is reachable): fail fast instead of retrying.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 
 def _clear_stale_partials(out_dir: Path) -> None:
     # Leftovers of killed conversions: their writer pid is gone, so nobody will finish them.
@@ -92,6 +88,9 @@ def main(argv: list[str]) -> int:
     if out_dir.exists():
         print(f"refusing to overwrite existing {out_dir}", file=sys.stderr)
         return 2
+    # No model hub is reachable here: fail fast instead of retrying the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     convert(gguf_file, out_dir)
     return 0
 

@@ -52,7 +52,8 @@ class SetupStep:
     """One idempotent step: `run` does what is missing and returns a short outcome line.
 
     `run` raises BackendSetupError (or OSError / SubprocessError / zipfile.BadZipFile) on
-    failure; `setup` then prefixes the step and appends `remedy`.
+    failure; `setup` then prefixes the step and appends `remedy`, in which `{venv}`,
+    `{model_dir}` and `{downloads}` are replaced by the actual paths.
     """
 
     name: str

@@ -17,12 +17,18 @@ from pathlib import Path
 
 from gateway.localbackend.paths import Progress
 
-VLLM_MARKER = "vllm"
-"""Substring (case-insensitive) every process we may signal has in its /proc cmdline.
+VLLM_MARKERS = ("vllm.entrypoints", "vllm::")
+"""Substrings (lower-cased) of the /proc cmdline of every process we may signal.
 
-The API server keeps its `python -m vllm.entrypoints...` command line; engine workers rename
-themselves to `VLLM::EngineCore` via setproctitle, hence the case-insensitive match.
+The API server keeps its `python -m vllm.entrypoints...` command line; engine processes rename
+themselves to `VLLM::EngineCore` / `VLLM::Worker` via setproctitle. A bare "vllm" would also
+match unrelated processes that merely mention the venv path.
 """
+
+
+def _names_vllm(pid: int) -> bool:
+    line = cmdline(pid).lower()
+    return any(marker in line for marker in VLLM_MARKERS)
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -41,11 +47,36 @@ def write_pid(pid_file: Path, pid: int) -> None:
     tmp.replace(pid_file)
 
 
-def _reap(pid: int) -> None:
-    # If the server was spawned by this very process (tests, a CLI that starts then stops),
-    # it stays a zombie until waited for; reaping it makes its pid disappear from /proc.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def reap(pid: int) -> int | None:
+    """Exit code of `pid` if it is OUR child and has exited (it is reaped), else None.
+
+    A server spawned by this very process (tests, a CLI that starts then stops) stays a zombie
+    until waited for; reaping it makes its pid disappear from /proc.
+    """
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        return None
+    return os.waitstatus_to_exitcode(status) if done == pid else None
+
+
+def spawn_detached(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> int:
+    """Start `argv` in a new session (pid = its process group id), output to `log_path`.
+
+    posix_spawn rather than Popen: the server outlives the caller's interest in it, and a
+    Popen object collected while its child runs warns "subprocess is still running".
+    """
+    return os.posix_spawn(
+        argv[0],
+        list(argv),
+        dict(env),
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -59,7 +90,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def is_alive(pid: int) -> bool:
     """True if `pid` exists and is not a zombie."""
-    _reap(pid)
+    reap(pid)
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
 
@@ -75,7 +106,7 @@ def cmdline(pid: int) -> str:
 
 def is_vllm(pid: int) -> bool:
     """True only for a live process whose command line names vLLM."""
-    return is_alive(pid) and VLLM_MARKER in cmdline(pid).lower()
+    return is_alive(pid) and _names_vllm(pid)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -98,7 +129,7 @@ def owned_group(pgid: int) -> list[int]:
     member lives, so a group that still contains a vLLM process is the one we started.
     """
     members = group_members(pgid)
-    return members if any(VLLM_MARKER in cmdline(p).lower() for p in members) else []
+    return members if any(_names_vllm(p) for p in members) else []
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from gateway.localbackend.procs import (
     owned_group,
     port_is_free,
     read_pid,
+    reap,
+    spawn_detached,
     tail,
     terminate_group,
     write_pid,
@@ -108,22 +109,13 @@ def _require_setup(paths: BackendPaths) -> None:
         )
 
 
-def _spawn(paths: BackendPaths, spec: ServerSpec) -> subprocess.Popen[bytes]:
+def _spawn(paths: BackendPaths, spec: ServerSpec) -> int:
     log = log_file(paths, spec)
     if log.exists():
         log.replace(log.with_name(f"{spec.name}.prev.log"))  # keep the previous run's story
-    with log.open("wb") as fh:
-        return subprocess.Popen(
-            server_command(paths, spec),
-            env=server_env(spec, os.environ),
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            cwd=paths.run_dir,
-            # Own session and process group: survives the CLI's terminal and Ctrl-C, and
-            # `stop` can signal the API server together with its engine-core children.
-            start_new_session=True,
-        )
+    # Own session and process group: survives the CLI's terminal and Ctrl-C, and `stop` can
+    # signal the API server together with its engine-core children.
+    return spawn_detached(server_command(paths, spec), server_env(spec, os.environ), log)
 
 
 def _kill(paths: BackendPaths, spec: ServerSpec, pid: int) -> None:
@@ -141,7 +133,6 @@ def _wait_healthy(
     paths: BackendPaths,
     spec: ServerSpec,
     pid: int,
-    proc: subprocess.Popen[bytes] | None,
     progress: Progress,
     wait_s: float,
 ) -> ServerStatus:
@@ -150,9 +141,10 @@ def _wait_healthy(
     failure = ""
     try:
         while not failure:
-            exit_code = proc.poll() if proc is not None else None
+            exit_code = reap(pid)  # None unless this process spawned it
             if exit_code is not None or not is_alive(pid):
-                failure = f"exited during start-up (status {exit_code})"
+                code = "" if exit_code is None else f" (status {exit_code})"
+                failure = f"exited during start-up{code}"
             elif health_ok(spec.url):
                 elapsed = time.monotonic() - started
                 progress(f"{spec.name}: healthy after {elapsed:.0f} s at {spec.url} (pid {pid})")
@@ -199,7 +191,7 @@ def start(
                 progress(f"{spec.name}: already running at {spec.url} (pid {current.pid})")
                 return current
             progress(f"{spec.name}: pid {current.pid} is starting; waiting for /health")
-            return _wait_healthy(paths, spec, current.pid, None, progress, wait_s)
+            return _wait_healthy(paths, spec, current.pid, progress, wait_s)
         pid_file(paths, spec).unlink(missing_ok=True)  # stale, if anything
         if not port_is_free(spec.host, spec.port):
             who = (
@@ -211,13 +203,13 @@ def start(
                 f"cannot start vLLM {spec.name}: port {spec.port} on {spec.host} is taken by "
                 f"{who}. Stop that process or choose another port."
             )
-        proc = _spawn(paths, spec)
-        write_pid(pid_file(paths, spec), proc.pid)
+        pid = _spawn(paths, spec)
+        write_pid(pid_file(paths, spec), pid)
         progress(
-            f"{spec.name}: started pid {proc.pid}; waiting for /health (usually 45-90 s; "
+            f"{spec.name}: started pid {pid}; waiting for /health (usually 35-90 s; "
             f"log: {log_file(paths, spec)})"
         )
-        return _wait_healthy(paths, spec, proc.pid, proc, progress, wait_s)
+        return _wait_healthy(paths, spec, pid, progress, wait_s)
 
 
 def stop(

@@ -19,16 +19,26 @@ Scenarios (every request: ``max_tokens=1``, ``temperature=0``, one short fixed u
 
 Derived per scenario: added latency = gateway p50 − direct p50 (and the same for p95), and
 ratio = gateway p50 / direct p50. The target is < 1 ms added p50 at concurrency 1 on the mock.
+Also recorded: the gateway process's CPU time per request (from /proc), which, unlike the
+latencies, does not depend on how the processes share the cores.
 
 Noise control: every (target, scenario) is measured in ``--blocks`` blocks, alternating
 direct/gateway in ABBA order (A B, B A, A B, ...) so drift and other load on the machine hit
 both sides alike; each block starts with un-measured warm-up requests on warm pooled
-connections. All processes we start (the mock, the gateway) and the load generator are pinned
-to ``--cpus`` (default core 1: the local vLLM is pinned to core 0), started on free ports, and
-torn down at the end, also on Ctrl-C / SIGTERM.
+connections. The mock phases run before vLLM is started (an idle vLLM still wakes up for
+health probes and busy-polls for ~1 s after each), each target with its own gateway process.
+All processes we start (the mock, the gateways) and the load generator are pinned to
+``--cpus`` (default core 1: the local vLLM pins its compute threads to core 0), started on
+free ports, and torn down at the end, also on Ctrl-C / SIGTERM.
 
-Usage: ``.venv/bin/python bench/overhead.py`` (full) or ``--quick`` (smoke run, ~1 min plus the
-vLLM start). ``DELIBERATE_BENCH_BACKEND_URL`` reuses a running vLLM instead of starting one.
+Load generator: ONE shared pooled ``httpx.AsyncClient`` by default. At 32 connections its own
+pool bookkeeping costs ~1.5 ms of CPU per request here, which makes the c=32 phases partly
+load-generator-bound; ``--client-per-worker`` gives each worker its own single-connection
+client instead (~4x cheaper at c=32), which shows the servers' throughput more faithfully.
+
+Usage: ``.venv/bin/python bench/overhead.py`` (full, ~4 min of which ~1 min is the vLLM start)
+or ``--quick`` (smoke run). ``DELIBERATE_BENCH_BACKEND_URL`` reuses a running vLLM instead of
+starting one; ``--targets mock`` skips vLLM. Results: ``bench/results/overhead.json``.
 """
 
 from __future__ import annotations
@@ -559,26 +569,28 @@ def mock_server(log_dir: Path) -> Iterator[tuple[str, int]]:
         yield url, proc.pid
 
 
-def write_config(config: dict[str, Any], directory: Path) -> Path:
-    """Write the policy file as ``directory/routes.yaml`` (JSON is valid YAML)."""
-    path = directory / "routes.yaml"
+def write_config(config: dict[str, Any], directory: Path, name: str = "routes.yaml") -> Path:
+    """Write the policy file as ``directory/name`` (JSON is valid YAML)."""
+    path = directory / name
     path.write_text(json.dumps(config, indent=2))
     return path
 
 
 @contextlib.contextmanager
-def gateway_server(config: dict[str, Any], log_dir: Path) -> Iterator[tuple[str, int]]:
+def gateway_server(
+    config: dict[str, Any], log_dir: Path, name: str = "gateway"
+) -> Iterator[tuple[str, int]]:
     """``deliberate serve`` (as ``python -m gateway``) on a free port; yields (URL, pid).
 
     Its lifespan probes every pool before serving, so once ``/health`` answers the pools
-    already know their replicas' ``max_model_len``.
+    already know their replicas' ``max_model_len``. Config and log: ``log_dir/<name>.*``.
     """
-    path = write_config(config, log_dir)
+    path = write_config(config, log_dir, f"{name}.yaml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
-    with service("gateway", argv, url + "/health", log_dir) as proc:
+    with service(name, argv, url + "/health", log_dir) as proc:
         yield url, proc.pid
 
 
@@ -633,6 +645,18 @@ def pin_cpus(cpus: set[int] | None) -> set[int]:
     if cpus:
         os.sched_setaffinity(0, cpus & os.sched_getaffinity(0) or cpus)
     return set(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def unpinned() -> Iterator[None]:
+    """Every CPU for the children started in the block (vLLM pins itself to core 0), then the
+    previous affinity again."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -842,27 +866,42 @@ def run_event_loop(coro: Coroutine[Any, Any, list[Comparison]]) -> list[Comparis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Mock phases first (no vLLM running yet, so it cannot disturb them), then vLLM phases.
+
+    Each target gets its own gateway process: the mock one routes only to the mock; the vLLM
+    one has both pools, as in ``configs/``-style deployments.
+    """
     opts = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # same teardown as Ctrl-C
     started = time.monotonic()
     load_before = os.getloadavg()
+    results: list[Comparison] = []
+    targets: list[Target] = []
     try:
         with contextlib.ExitStack() as stack:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dlb-bench-")))
-            vllm: tuple[str, str] | None = None
+            affinity = pin_cpus(opts.cpus)
+            mock_url, _ = stack.enter_context(mock_server(log_dir))
+            if "mock" in opts.targets:
+                config = gateway_config(mock_url, None)
+                with gateway_server(config, log_dir, "gateway-mock") as (gw_url, gw_pid):
+                    target = Target(
+                        "mock", mock_url, gw_url, MOCK_MODEL, MOCK_ROUTE, opts.mock_requests, gw_pid
+                    )
+                    targets.append(target)
+                    results += measure_target(opts, target, affinity)
             if "vllm" in opts.targets:
                 console.rule("starting the real vLLM backend")
-                vllm = stack.enter_context(vllm_backend(opts.backend_url))
-            affinity = pin_cpus(opts.cpus)  # after vLLM: it must keep its own core
-            mock_url, _ = stack.enter_context(mock_server(log_dir))
-            gw_url, gw_pid = stack.enter_context(
-                gateway_server(gateway_config(mock_url, vllm), log_dir)
-            )
-            targets = build_targets(opts, mock_url, gw_url, gw_pid, vllm)
-            console.rule(f"measuring (gateway pid {gw_pid}, cpus {sorted(affinity)})")
-            results = run_event_loop(
-                run_all(targets, opts.scenarios(), opts.blocks, opts.warmup, opts.client_per_worker)
-            )
+                with unpinned():  # vLLM pins its own compute threads to core 0
+                    vllm = stack.enter_context(vllm_backend(opts.backend_url))
+                config = gateway_config(mock_url, vllm)
+                gw_url, gw_pid = stack.enter_context(
+                    gateway_server(config, log_dir, "gateway-vllm")
+                )
+                url, model = vllm
+                target = Target("vllm", url, gw_url, model, VLLM_ROUTE, opts.vllm_requests, gw_pid)
+                targets.append(target)
+                results += measure_target(opts, target, affinity)
     except KeyboardInterrupt:
         console.print("[red]interrupted: everything started was stopped[/red]")
         return 130
@@ -886,18 +925,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def build_targets(
-    opts: Options, mock_url: str, gw_url: str, gw_pid: int, vllm: tuple[str, str] | None
-) -> list[Target]:
-    targets: list[Target] = []
-    if "mock" in opts.targets:
-        targets.append(
-            Target("mock", mock_url, gw_url, MOCK_MODEL, MOCK_ROUTE, opts.mock_requests, gw_pid)
-        )
-    if vllm is not None:
-        url, model = vllm
-        targets.append(Target("vllm", url, gw_url, model, VLLM_ROUTE, opts.vllm_requests, gw_pid))
-    return targets
+def measure_target(opts: Options, target: Target, affinity: set[int]) -> list[Comparison]:
+    """Every scenario of one target, on a fresh event loop and fresh load-generator clients."""
+    console.rule(f"{target.name}: gateway pid {target.gateway_pid}, cpus {sorted(affinity)}")
+    return run_event_loop(
+        run_all([target], opts.scenarios(), opts.blocks, opts.warmup, opts.client_per_worker)
+    )
 
 
 def settings_json(opts: Options, affinity: set[int]) -> dict[str, Any]:

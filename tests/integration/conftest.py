@@ -75,7 +75,7 @@ def gateway_config(
             # The dead replica first: requests must fall over to the live one.
             {
                 "name": "mixed",
-                "model": MODEL + "-mixed",
+                "model": MODEL,  # same model, so clients can name it either way
                 "replicas": [dead_url, backend_url],
                 "timeouts": {"connect_s": 1.0},
             },

@@ -16,6 +16,7 @@ Run it with ``python bench/mock_openai.py --port 9100`` (uvicorn, httptools, uvl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import time
@@ -143,7 +144,7 @@ def _error(message: str, code: int) -> bytes:
     return _dumps({"error": {"message": message, "type": "BadRequestError", "code": code}})
 
 
-async def _chat(receive: Receive, send: Send, default_model: str) -> None:
+async def _chat(receive: Receive, send: Send, default_model: str, delay_s: float) -> None:
     try:
         payload = _loads(await _read_body(receive))
     except ValueError:
@@ -153,6 +154,8 @@ async def _chat(receive: Receive, send: Send, default_model: str) -> None:
         await _respond(send, 400, _error("body must be a JSON object", 400))
         return
     model = str(payload.get("model") or default_model)
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)  # a backend that takes its time (first token)
     if not payload.get("stream"):
         await _respond(send, 200, completion_body(model))
         return
@@ -175,9 +178,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def make_app(
-    model: str = DEFAULT_MODEL, max_model_len: int = MAX_MODEL_LEN
+    model: str = DEFAULT_MODEL, max_model_len: int = MAX_MODEL_LEN, delay_s: float = 0.0
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI app serving ``model`` (the name in ``/v1/models``; answers echo the request's)."""
+    """The ASGI app serving ``model`` (the name in ``/v1/models``; answers echo the request's).
+
+    ``delay_s`` > 0 makes every completion wait that long before answering (default: none).
+    """
     models = models_body(model, max_model_len)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,7 +194,7 @@ def make_app(
             return
         method, path = scope["method"], scope["path"]
         if path == "/v1/chat/completions" and method == "POST":
-            await _chat(receive, send, model)
+            await _chat(receive, send, model, delay_s)
         elif path == "/health" and method == "GET":
             await _respond(send, 200, b"", [])
         elif path == "/v1/models" and method == "GET":
@@ -214,10 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Model id in /v1/models.")
     parser.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="Wait before each completion (default 0)."
+    )
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     uvicorn.run(
-        make_app(args.model, args.max_model_len),
+        make_app(args.model, args.max_model_len, args.delay_ms / 1000.0),
         host=args.host,
         port=args.port,
         log_level=args.log_level,

@@ -106,11 +106,13 @@ class CpuRun:
     mock_cpu_us: float
 
 
-def measure_cpu(url: str, body: bytes, n: int, server_pid: int, mock_pid: int) -> CpuRun:
-    """Warm up, then ``n`` requests at concurrency 1, reading both processes' CPU around them."""
-    asyncio.run(_drive(url, body, 0, 200))
+def measure_cpu(
+    url: str, body: bytes, n: int, server_pid: int, mock_pid: int, concurrency: int = 1
+) -> CpuRun:
+    """Warm up, then ``n`` requests at ``concurrency``, reading both processes' CPU around them."""
+    asyncio.run(_drive(url, body, 0, max(200, 4 * concurrency), concurrency))
     s0, m0 = process_cpu_s(server_pid), process_cpu_s(mock_pid)
-    p50 = asyncio.run(_drive(url, body, n, 0))
+    p50 = asyncio.run(_drive(url, body, n, 0, concurrency))
     s1, m1 = process_cpu_s(server_pid), process_cpu_s(mock_pid)
     return CpuRun(n, p50 * 1e3, (s1 - s0) / n * 1e6, (m1 - m0) / n * 1e6)
 
@@ -221,23 +223,31 @@ LAYER_NOTES = {
 }
 
 
-def run_layers(requests: int) -> None:
-    """Measure every layer server, the mock alone and the gateway; print one table."""
+def run_layers(requests: int, concurrency: int) -> None:
+    """Measure every layer server, the mock alone and the gateway; print one table.
+
+    CPU per request stays meaningful at any ``concurrency`` (it is the process total), so
+    ``--concurrency 32`` shows which layers get more expensive per request under load.
+    """
     from layer_apps import LAYERS
 
     runs: dict[str, CpuRun] = {}
     with mock_and_dir() as (log_dir, mock_url, mock_pid):
         chat = "/v1/chat/completions"
         direct = chat_body(MOCK_MODEL)
-        runs["mock (direct)"] = measure_cpu(mock_url + chat, direct, requests, mock_pid, mock_pid)
+        c = concurrency
+        runs["mock (direct)"] = measure_cpu(
+            mock_url + chat, direct, requests, mock_pid, mock_pid, c
+        )
         for name in LAYERS:
             with layer_server(name, mock_url, log_dir) as (url, pid):
-                runs[name] = measure_cpu(url + chat, direct, requests, pid, mock_pid)
+                runs[name] = measure_cpu(url + chat, direct, requests, pid, mock_pid, c)
         with gateway_server(gateway_config(mock_url, None), log_dir) as (url, pid):
-            runs["gateway"] = measure_cpu(
-                url + chat, chat_body(MOCK_ROUTE), requests, pid, mock_pid
-            )
-    table = Table(title=f"CPU per request, one layer at a time ({requests} requests each, c=1)")
+            body = chat_body(MOCK_ROUTE)
+            runs["gateway"] = measure_cpu(url + chat, body, requests, pid, mock_pid, c)
+    table = Table(
+        title=f"CPU per request, one layer at a time ({requests} requests each, c={concurrency})"
+    )
     for col in ("server", "what it is"):
         table.add_column(col)
     for col in ("server CPU µs/req", "mock CPU µs/req", "p50 ms"):
@@ -354,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Where the gateway's time goes, per request.")
     p.add_argument("mode", nargs="?", choices=("spans", "layers", "pyspy"), default="spans")
     p.add_argument("--requests", type=int, default=5000, help="Measured requests (spans/layers).")
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="layers: concurrent closed-loop workers."
+    )
     p.add_argument("--cpus", default="1", help="CPU pinning, as in overhead.py ('none').")
     p.add_argument("--seconds", type=float, default=15.0, help="pyspy: profiled traffic.")
     p.add_argument("--rate", type=int, default=500, help="pyspy: samples per second.")
@@ -368,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.mode == "spans":
             run_spans(a.requests)
         elif a.mode == "layers":
-            run_layers(a.requests)
+            run_layers(a.requests, a.concurrency)
         else:
             run_pyspy(a)
     except BenchError as e:

@@ -24,6 +24,7 @@ from budgets.limits import (
 )
 from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
+from gateway.compute import check_request, render_json, render_sse, run_route
 from gateway.context import RequestContext
 from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
@@ -80,9 +81,24 @@ async def complete(
         raise InvalidRequest(v.message, param=v.param, code=v.code)
     await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
 
-    # single-pass is the only strategy so far: a faithful pass-through to one replica.
-    payload["model"] = pool.model
     streaming = bool(payload.get("stream"))
+    if route.strategy != "single-pass":
+        if endpoint != "chat":
+            raise InvalidRequest(
+                f"route {route.name!r} ({route.strategy}) serves chat "
+                "completions only; /v1/completions is single-pass",
+                param="model",
+            )
+        check_request(route, payload)
+        result = await run_route(route, pool, payload, ctx)
+        if streaming:
+            opts = payload.get("stream_options") or {}
+            include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
+            return Answer(stream=render_sse(route, result, ctx, pool.model, include_usage))
+        return Answer(body=render_json(route, result, ctx, pool.model))
+
+    # single-pass: a faithful pass-through to one replica, bytes relayed as they come.
+    payload["model"] = pool.model
     client_wants_usage = force_stream_usage(payload) if streaming else False
     upstream = await open_upstream(pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id)
     if streaming:

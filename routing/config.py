@@ -11,6 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
+from strategies.adaptive_consistency import AdaptiveConsistencyParams
+from strategies.best_of_n import BestOfNParams
+from strategies.bounded_reasoning import BoundedReasoningParams
+from strategies.self_consistency import SelfConsistencyParams
 from strategies.single_pass import SinglePassParams
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
@@ -58,13 +62,63 @@ class BackendPool(_Strict):
         return [str(u).rstrip("/") for u in self.replicas]
 
 
-class Route(_Strict):
-    """A named way of answering: a strategy with its parameters on one backend pool."""
+class RouteBudget(_Strict):
+    """Hard limits of one request on this route (the client may only lower them)."""
 
+    max_total_tokens: int | None = Field(
+        None, ge=1, description="Generated tokens (visible + hidden) per request."
+    )
+    deadline_s: float | None = Field(None, gt=0, description="Wall time per request.")
+
+
+class _RouteBase(_Strict):
     name: Name
-    strategy: Literal["single-pass"] = Field(description="Test-time-compute strategy.")
     backend: Name = Field(description="Name of a backend pool.")
+    budget: RouteBudget = RouteBudget()
+
+
+class SinglePassRoute(_RouteBase):
+    """One backend call, streamed through untouched."""
+
+    strategy: Literal["single-pass"]
     params: SinglePassParams = SinglePassParams()
+
+
+class BoundedReasoningRoute(_RouteBase):
+    strategy: Literal["bounded-reasoning"]
+    params: BoundedReasoningParams = BoundedReasoningParams()
+
+
+class BestOfNRoute(_RouteBase):
+    strategy: Literal["best-of-n"]
+    params: BestOfNParams = BestOfNParams()
+
+
+class SelfConsistencyRoute(_RouteBase):
+    strategy: Literal["self-consistency"]
+    params: SelfConsistencyParams = SelfConsistencyParams()
+
+
+class AdaptiveConsistencyRoute(_RouteBase):
+    strategy: Literal["adaptive-consistency"]
+    params: AdaptiveConsistencyParams = AdaptiveConsistencyParams()
+
+
+Route = Annotated[
+    SinglePassRoute
+    | BoundedReasoningRoute
+    | BestOfNRoute
+    | SelfConsistencyRoute
+    | AdaptiveConsistencyRoute,
+    Field(discriminator="strategy"),
+]
+STRATEGY_NAMES = (
+    "single-pass",
+    "bounded-reasoning",
+    "best-of-n",
+    "self-consistency",
+    "adaptive-consistency",
+)
 
 
 class Limits(_Strict):

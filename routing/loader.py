@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from routing.config import DeliberateConfig
+from routing.config import STRATEGY_NAMES, DeliberateConfig
 
 
 class ConfigError(Exception):
@@ -59,13 +59,27 @@ def format_errors(error: ValidationError, source: str) -> list[str]:
     lines: list[str] = []
     for err in error.errors(include_url=False):
         msg = str(err["msg"]).removeprefix("Value error, ")
-        path = format_loc(err["loc"])
+        loc = _without_tags(err["loc"])
+        if err["type"] == "union_tag_invalid":
+            loc = (*loc, "strategy")
+            msg = f"unknown strategy {err['ctx']['tag']!r}; allowed: {', '.join(STRATEGY_NAMES)}"
+        path = format_loc(loc)
         if path:
             lines.append(f"{source}:{path}: {_with_allowed(msg, err)}")
         else:
             # Cross-reference errors carry their own paths, one per line.
             lines.extend(f"{source}:{part}" for part in msg.splitlines())
     return lines
+
+
+def _without_tags(loc: Sequence[int | str]) -> tuple[int | str, ...]:
+    """Drop the strategy name pydantic inserts after ``routes[i]`` (the union's tag)."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        tagged = i >= 2 and loc[i - 2] == "routes" and isinstance(loc[i - 1], int)
+        if not (tagged and part in STRATEGY_NAMES):
+            out.append(part)
+    return tuple(out)
 
 
 def format_loc(loc: Sequence[int | str]) -> str:

@@ -163,3 +163,49 @@ class FakeVLLM:
         if (body.get("stream_options") or {}).get("include_usage"):
             yield event({**base, "choices": [], "usage": self._usage(rep, body)})
         yield b"data: [DONE]\n\n"
+
+
+@dataclass
+class ScriptedGenerator:
+    """A ``Generator`` that answers from a script of candidate texts.
+
+    Each call takes the next ``n`` texts from ``texts`` (cycling). ``finish`` gives a
+    finish_reason per call (default "stop"). ``delay_s`` makes calls slow, and ``cancelled``
+    counts calls that were cancelled while waiting (cancellation reaching the backend).
+    Every candidate costs ``tokens_per_text`` tokens; every call's prompt ``prompt_tokens``.
+    """
+
+    texts: list[str]
+    tokens_per_text: int = 10
+    prompt_tokens: int = 20
+    finish: list[str] = field(default_factory=list)
+    delay_s: float = 0.0
+    requests: list[Any] = field(default_factory=list)
+    cancelled: int = 0
+    _pos: int = 0
+
+    async def generate(self, request: Any) -> Any:
+        from strategies.ports import GenChoice, GenResult
+        from strategies.usage import Usage
+
+        self.requests.append(request)
+        call = len(self.requests) - 1
+        if self.delay_s:
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        choices = []
+        for i in range(request.n):
+            text = self.texts[self._pos % len(self.texts)]
+            self._pos += 1
+            tokens = self.tokens_per_text
+            if request.max_tokens is not None:
+                tokens = min(tokens, request.max_tokens)
+            finish = self.finish[call] if call < len(self.finish) else "stop"
+            choices.append(GenChoice(index=i, text=text, tokens=tokens, finish_reason=finish))
+        generated = sum(c.tokens for c in choices)
+        return GenResult(
+            tuple(choices), Usage(prompt=self.prompt_tokens, visible=generated), "fake-model"
+        )

@@ -22,6 +22,7 @@ import yaml
 from gateway import localbackend as lb
 
 MODEL = lb.SERVED_MODEL_NAME
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
 
 
 def free_port() -> int:
@@ -60,32 +61,31 @@ def dead_url() -> str:
 def gateway_config(
     tmp_path_factory: pytest.TempPathFactory, backend_url: str, dead_url: str
 ) -> Path:
-    config = {
-        "version": 1,
-        "default_route": "single-pass",
-        "limits": {"max_n": 8, "max_messages": 64},
-        "backends": [
-            {"name": "default", "model": MODEL, "replicas": [backend_url]},
-            {
-                "name": "dead",
-                "model": "nobody-serves-this",
-                "replicas": [dead_url],
-                "timeouts": {"connect_s": 1.0},
-            },
-            # The dead replica first: requests must fall over to the live one.
-            {
-                "name": "mixed",
-                "model": MODEL,  # same model, so clients can name it either way
-                "replicas": [dead_url, backend_url],
-                "timeouts": {"connect_s": 1.0},
-            },
-        ],
-        "routes": [
-            {"name": "single-pass", "strategy": "single-pass", "backend": "default"},
-            {"name": "dead-route", "strategy": "single-pass", "backend": "dead"},
-            {"name": "mixed-route", "strategy": "single-pass", "backend": "mixed"},
-        ],
-    }
+    """The SHIPPED configs/routes.yaml pointed at the test backend, plus two test pools."""
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["limits"] = {"max_n": 8, "max_messages": 64}
+    default = next(b for b in config["backends"] if b["name"] == "default")
+    default["replicas"] = [backend_url]
+    config["backends"] += [
+        {
+            "name": "dead",
+            "model": "nobody-serves-this",
+            "replicas": [dead_url],
+            "timeouts": {"connect_s": 1.0},
+        },
+        # The dead replica first: requests must fall over to the live one. Same model, so
+        # clients can name it either way.
+        {
+            "name": "mixed",
+            "model": MODEL,
+            "replicas": [dead_url, backend_url],
+            "timeouts": {"connect_s": 1.0},
+        },
+    ]
+    config["routes"] += [
+        {"name": "dead-route", "strategy": "single-pass", "backend": "dead"},
+        {"name": "mixed-route", "strategy": "single-pass", "backend": "mixed"},
+    ]
     path = tmp_path_factory.mktemp("gateway") / "routes.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,8 +34,8 @@ def _load_mock() -> ModuleType:
 mock = _load_mock()
 
 
-def _client(model: str = "mock-model") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=mock.make_app(model))
+def _client(model: str = "mock-model", delay_s: float = 0.0) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=mock.make_app(model, delay_s=delay_s))
     return httpx.AsyncClient(transport=transport, base_url="http://mock")
 
 
@@ -144,6 +145,16 @@ async def test_bad_json_is_400_and_unknown_path_404() -> None:
     assert "error" in bad.json()
     assert missing.status_code == 404
     assert wrong_method.status_code == 405
+
+
+@pytest.mark.anyio
+async def test_delay_postpones_the_answer() -> None:
+    async with _client(delay_s=0.05) as client:
+        t0 = time.perf_counter()
+        r = await client.post("/v1/chat/completions", json=_chat_body())
+        elapsed = time.perf_counter() - t0
+    assert r.status_code == 200
+    assert elapsed >= 0.05
 
 
 def test_lifespan_startup_and_shutdown_complete() -> None:

@@ -35,7 +35,13 @@ def test_shipped_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "routes.yaml")
     assert cfg.default_route == "single-pass"
-    assert [r.name for r in cfg.routes] == ["single-pass"]
+    assert [r.name for r in cfg.routes] == [
+        "single-pass",
+        "bounded-reasoning",
+        "best-of-n",
+        "self-consistency",
+        "adaptive-consistency",
+    ]
     assert clashes(cfg) == []
 
 
@@ -52,7 +58,18 @@ def test_good_config_defaults() -> None:
         (
             "strategy: single-pass",
             "strategy: best-of-nope",
-            "r.yaml:routes[0].strategy: Input should be 'single-pass'",
+            "r.yaml:routes[0].strategy: unknown strategy 'best-of-nope'; allowed: single-pass, "
+            "bounded-reasoning, best-of-n",
+        ),
+        (
+            "    backend: default\n",
+            "    backend: default\n    params: {n: 0}\n",
+            "r.yaml:routes[0].params.n: unknown key; this section takes no keys",
+        ),
+        (
+            "strategy: single-pass\n    backend: default\n",
+            "strategy: best-of-n\n    backend: default\n    params: {n: 0, selector: best}\n",
+            "r.yaml:routes[0].params.n: Input should be greater than or equal to 1",
         ),
         (
             "backend: default\n",

@@ -1,0 +1,124 @@
+"""The ``Generator`` port over a vLLM pool: one request's calls, all on the same replica.
+
+The first call picks the least-loaded replica (with the usual retry while nothing was
+received); every later call of the same request goes to that replica, so branches and waves
+reuse its prefix cache.
+"""
+
+from __future__ import annotations
+
+from itertools import count
+from typing import Any
+
+import orjson
+
+from gateway.backends.pool import Pool, Replica
+from gateway.backends.upstream import open_upstream
+from strategies.ports import GenChoice, GenRequest, GenResult, TokenLogprob, TopLogprob
+from strategies.usage import Usage
+
+
+class VLLMGenerator:
+    """Implements ``strategies.ports.Generator`` for one client request."""
+
+    def __init__(self, pool: Pool, request_id: str) -> None:
+        self.pool = pool
+        self.request_id = request_id
+        self.replica: Replica | None = None
+        self.calls = 0
+        self._seq = count()
+
+    async def generate(self, request: GenRequest) -> GenResult:
+        body = chat_body(self.pool.model, request)
+        rid = f"{self.request_id}-{next(self._seq)}"
+        upstream = await open_upstream(
+            self.pool, "/v1/chat/completions", orjson.dumps(body), rid, replica=self.replica
+        )
+        self.replica = upstream.replica
+        self.calls += 1
+        try:
+            data = orjson.loads(await upstream.response.aread())
+        finally:
+            await upstream.aclose()
+        return parse_result(data)
+
+
+def chat_body(model: str, req: GenRequest) -> dict[str, Any]:
+    """The vLLM chat request for ``req`` (``return_token_ids`` gives exact per-choice counts)."""
+    body: dict[str, Any] = {
+        **req.extra,
+        "model": model,
+        "messages": list(req.messages),
+        "n": req.n,
+        "return_token_ids": True,
+    }
+    for key, value in (
+        ("max_tokens", req.max_tokens),
+        ("temperature", req.temperature),
+        ("top_p", req.top_p),
+        ("top_logprobs", req.top_logprobs),
+    ):
+        if value is not None:
+            body[key] = value
+    if req.stop:
+        body["stop"] = list(req.stop)
+    if req.logprobs:
+        body["logprobs"] = True
+    if req.continue_final_message:
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    body.pop("stream", None)
+    body.pop("stream_options", None)
+    return body
+
+
+def parse_result(data: dict[str, Any]) -> GenResult:
+    """A vLLM chat completion as a ``GenResult``."""
+    usage = Usage.from_openai(data.get("usage"))
+    choices: list[GenChoice] = []
+    for c in data.get("choices", []):
+        msg = c.get("message") or {}
+        ids = c.get("token_ids")
+        choices.append(
+            GenChoice(
+                index=int(c.get("index", len(choices))),
+                text=msg.get("content") or "",
+                tokens=len(ids) if isinstance(ids, list) else 0,
+                finish_reason=c.get("finish_reason"),
+                stop_reason=c.get("stop_reason"),
+                reasoning=msg.get("reasoning") or msg.get("reasoning_content"),
+                logprobs=_logprobs(c.get("logprobs")),
+                raw_logprobs=c.get("logprobs"),
+            )
+        )
+    choices.sort(key=lambda ch: ch.index)
+    if choices and all(ch.tokens == 0 for ch in choices) and len(choices) == 1:
+        # No token ids (older vLLM): a single choice generated everything.
+        only = choices[0]
+        choices[0] = GenChoice(
+            only.index,
+            only.text,
+            usage.completion,
+            only.finish_reason,
+            only.stop_reason,
+            only.reasoning,
+            only.logprobs,
+            only.raw_logprobs,
+        )
+    return GenResult(tuple(choices), usage, str(data.get("model", "")))
+
+
+def _logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("content"), list):
+        return None
+    return tuple(
+        TokenLogprob(
+            token=str(t.get("token", "")),
+            logprob=float(t.get("logprob", 0.0)),
+            top=tuple(
+                TopLogprob(str(a.get("token", "")), float(a.get("logprob", 0.0)))
+                for a in t.get("top_logprobs") or []
+            ),
+        )
+        for t in raw["content"]
+    )

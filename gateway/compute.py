@@ -1,0 +1,184 @@
+"""Running a test-time-compute strategy for one request, and rendering its result as an
+OpenAI chat completion (JSON or SSE) with the ``deliberate`` extension object."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from gateway.backends.generator import VLLMGenerator
+from gateway.backends.pool import Pool
+from gateway.context import RequestContext
+from gateway.errors import BackendTimeout, InvalidRequest
+from gateway.sse import format_event
+from routing.config import Route
+from strategies.base import Deadline, StrategyContext, StrategyRequest, StrategyResult, TokenBudget
+from strategies.best_of_n import DeadlineExceeded
+from strategies.registry import STRATEGIES
+
+# Fields the strategy controls itself; everything else is passed to every backend call.
+_OWN_FIELDS = {
+    "model",
+    "messages",
+    "n",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+    "user",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
+
+
+def check_request(route: Route, payload: dict[str, Any]) -> None:
+    """Refuse what a multi-call route cannot honour, naming the parameter and the route."""
+    spec = STRATEGIES[route.strategy]
+    n = payload.get("n")
+    if isinstance(n, int) and n > 1:
+        raise InvalidRequest(
+            f"route {route.name!r} ({route.strategy}) returns one answer; "
+            f"n={n} is not supported on it",
+            param="n",
+        )
+    if spec.votes and payload.get("tools"):
+        raise InvalidRequest(
+            f"route {route.name!r} votes over candidates and tool calls cannot "
+            "be voted on; use a single-pass route for tools",
+            param="tools",
+        )
+
+
+def strategy_request(payload: dict[str, Any]) -> StrategyRequest:
+    return StrategyRequest(
+        messages=payload["messages"],
+        max_tokens=payload.get("max_tokens"),
+        sampling={k: v for k, v in payload.items() if k not in _OWN_FIELDS},
+        logprobs=bool(payload.get("logprobs")),
+        top_logprobs=payload.get("top_logprobs"),
+        reasoning_effort=payload.get("reasoning_effort"),
+    )
+
+
+async def run_route(
+    route: Route, pool: Pool, payload: dict[str, Any], ctx: RequestContext
+) -> StrategyResult:
+    """Run the route's strategy under its budget and deadline; record usage on ``ctx``."""
+    spec = STRATEGIES[route.strategy]
+    strategy = spec.build(route.params)
+    limits = [
+        x
+        for x in (route.budget.max_total_tokens, payload.get("max_completion_tokens"))
+        if isinstance(x, int)
+    ]
+    generator = VLLMGenerator(pool, ctx.request_id)
+    sctx = StrategyContext(
+        generator,
+        TokenBudget(min(limits) if limits else None),
+        Deadline.after(route.budget.deadline_s),
+    )
+    try:
+        result = await strategy.run(strategy_request(payload), sctx)
+    except DeadlineExceeded as e:
+        raise BackendTimeout(
+            f"route {route.name!r} reached its deadline of "
+            f"{route.budget.deadline_s}s before any answer existed"
+        ) from e
+    ctx.usage = result.usage
+    ctx.mark_first_token()
+    return result
+
+
+def _extension(route: Route, result: StrategyResult) -> dict[str, Any]:
+    return {
+        "route": route.name,
+        "strategy": route.strategy,
+        "stop_reason": result.stop_reason,
+        **result.info,
+        "tokens": {
+            "prompt": result.usage.prompt,
+            "visible": result.usage.visible,
+            "hidden": result.usage.hidden,
+        },
+    }
+
+
+def _usage(result: StrategyResult) -> dict[str, Any]:
+    u = result.usage
+    return {
+        "prompt_tokens": u.prompt,
+        "completion_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "completion_tokens_details": {"reasoning_tokens": u.hidden},
+    }
+
+
+def render_json(route: Route, result: StrategyResult, ctx: RequestContext, model: str) -> bytes:
+    choices = []
+    for i, c in enumerate(result.choices):
+        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        if c.reasoning is not None:
+            message["reasoning"] = message["reasoning_content"] = c.reasoning
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "finish_reason": c.finish_reason,
+                "logprobs": c.logprobs,
+            }
+        )
+    return orjson.dumps(
+        {
+            "id": f"chatcmpl-{ctx.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": result.model or model,
+            "choices": choices,
+            "usage": _usage(result),
+            "deliberate": _extension(route, result),
+        }
+    )
+
+
+async def render_sse(
+    route: Route, result: StrategyResult, ctx: RequestContext, model: str, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """The finished result as a chat-completion stream (reasoning as ``delta.reasoning``)."""
+    base = {
+        "id": f"chatcmpl-{ctx.request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": result.model or model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        return format_event(
+            orjson.dumps(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                    ],
+                    **extra,
+                }
+            )
+        )
+
+    c = result.choices[0]
+    yield chunk({"role": "assistant", "content": ""})
+    if c.reasoning:
+        yield chunk({"reasoning": c.reasoning, "reasoning_content": c.reasoning})
+    yield chunk({"content": c.text})
+    yield chunk({}, c.finish_reason, deliberate=_extension(route, result))
+    if include_usage:
+        yield format_event(orjson.dumps({**base, "choices": [], "usage": _usage(result)}))
+    yield b"data: [DONE]\n\n"
+    ctx.stream_done = True

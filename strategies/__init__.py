@@ -1,0 +1,1 @@
+"""Test-time-compute strategies, verifiers and token accounting (backends only via ports)."""

@@ -1,0 +1,195 @@
+"""best-of-n: N candidates in ONE backend request (``n=N``, shared prompt KV), then selection.
+
+Selectors: ``verifier`` (highest verifier score, ORM), ``majority`` (most frequent normalised
+final answer: self-consistency), ``weighted`` (sum of verifier scores per answer), ``auto``
+(the arithmetic-consistency checker where the candidates' arithmetic can be checked, else a
+majority vote). Ties and "no extractable answer" are explicit in ``info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from strategies.answers import ExtractSpec, extract_answer, normalize_answer
+from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest, StrategyResult
+from strategies.ports import Candidate, GenChoice, GenRequest, GenResult, Score, Verifier
+from strategies.usage import Usage
+from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier, is_checkable
+from strategies.voting import VoteResult, best_scored, majority_vote, weighted_vote
+
+Selector = Literal["auto", "verifier", "majority", "weighted"]
+
+
+class SamplingParams(BaseModel):
+    """Sampling defaults of a multi-candidate route (a client's own values win)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.8, ge=0, description="Diversity is what voting needs.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, description="Per-candidate cap when the client sets none.")
+    answer: ExtractSpec = ExtractSpec()
+
+
+class BestOfNParams(SamplingParams):
+    n: int = Field(8, ge=1, le=64, description="Candidates per request (one backend call).")
+    selector: Selector = "auto"
+
+
+class DeadlineExceeded(Exception):
+    """The deadline passed before any candidate existed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    """Candidates of one request so far, with their normalised answers."""
+
+    choices: tuple[GenChoice, ...]
+    answers: tuple[str | None, ...]
+    usage: Usage
+
+
+def question_of(messages: Sequence[dict[str, Any]]) -> str:
+    """The last user message's text (what verifiers judge answers against)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def gen_request(
+    request: StrategyRequest, params: SamplingParams, n: int, cap: int | None
+) -> GenRequest:
+    """The backend call for ``n`` candidates: the client's sampling fields win over defaults."""
+    sampling = dict(request.sampling)
+    temperature = sampling.pop("temperature", None)
+    top_p = sampling.pop("top_p", None)
+    stop = sampling.pop("stop", None)
+    return GenRequest(
+        messages=request.messages,
+        n=n,
+        max_tokens=cap,
+        temperature=params.temperature if temperature is None else temperature,
+        top_p=params.top_p if top_p is None else top_p,
+        stop=[stop] if isinstance(stop, str) else stop,
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+        extra=sampling,
+    )
+
+
+async def sample(
+    request: StrategyRequest, ctx: StrategyContext, params: SamplingParams, n: int
+) -> tuple[GenResult, int]:
+    """One ``n``-candidate call sized to the budget; returns the result and the n used.
+
+    Fewer candidates are sampled when the budget cannot hold ``n`` full-length ones.
+    Raises ``DeadlineExceeded`` when the deadline passes first (the call is cancelled, which
+    closes its connection and makes vLLM abort it).
+    """
+    cap = ctx.budget.cap(request.max_tokens or params.max_tokens)
+    if cap is not None and ctx.budget.remaining is not None and cap > 0:
+        n = max(1, min(n, ctx.budget.remaining // cap))
+    try:
+        async with asyncio.timeout(ctx.deadline.remaining_s):
+            result = await ctx.generator.generate(gen_request(request, params, n, cap))
+    except TimeoutError as e:
+        raise DeadlineExceeded from e
+    ctx.budget.charge(result.usage)
+    return result, n
+
+
+def answers_of(choices: Sequence[GenChoice], spec: ExtractSpec) -> tuple[str | None, ...]:
+    out: list[str | None] = []
+    for c in choices:
+        raw = extract_answer(c.text, spec)
+        out.append(None if raw is None else normalize_answer(raw))
+    return tuple(out)
+
+
+def split_usage(total: Usage, choices: Sequence[GenChoice], chosen: int) -> Usage:
+    """Re-label generated tokens: the chosen candidate's are visible, all others hidden."""
+    visible = choices[chosen].tokens
+    generated = total.visible + total.hidden
+    return Usage(prompt=total.prompt, visible=visible, hidden=max(0, generated - visible))
+
+
+async def select(
+    question: str, sampled: Sampled, selector: Selector, verifier: Verifier | None
+) -> tuple[int, dict[str, Any], Usage]:
+    """Pick a candidate. Returns (index, info, verifier usage)."""
+    texts = [c.text for c in sampled.choices]
+    used = selector
+    if selector == "auto":
+        checkable = any(is_checkable(question, t) for t in texts)
+        used = "verifier" if checkable else "majority"
+    scores: list[Score] = []
+    if used in ("verifier", "weighted"):
+        v = verifier or ArithmeticConsistencyVerifier()
+        cands = [
+            Candidate(i, t, a) for i, (t, a) in enumerate(zip(texts, sampled.answers, strict=True))
+        ]
+        scores = await v.score(question, cands)
+    vote: VoteResult = (
+        weighted_vote(sampled.answers, [s.value for s in scores])
+        if used == "weighted"
+        else majority_vote(sampled.answers)
+    )
+    if used == "verifier":
+        chosen = best_scored([s.value for s in scores])
+    else:
+        chosen = vote.chosen if vote.chosen is not None else 0
+    info: dict[str, Any] = {
+        "selector": used,
+        "answers": list(sampled.answers),
+        "votes": vote.tally,
+        "vote_margin": vote.margin,
+        "tie": vote.tie,
+        "no_answer": vote.winner is None,
+        "chosen_index": chosen,
+    }
+    if scores:
+        info["scores"] = [round(s.value, 4) for s in scores]
+    spent = Usage()
+    for s in scores:
+        spent = spent + s.usage
+    return chosen, info, Usage(prompt=spent.prompt, hidden=spent.visible + spent.hidden)
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """The strategy object built from a route's params."""
+
+    params: BestOfNParams
+    verifier: Verifier | None = None
+    name: str = "best-of-n"
+
+    async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
+        result, n_used = await sample(request, ctx, self.params, self.params.n)
+        sampled = Sampled(
+            result.choices, answers_of(result.choices, self.params.answer), result.usage
+        )
+        chosen, info, verify_usage = await select(
+            question_of(request.messages), sampled, self.params.selector, self.verifier
+        )
+        ctx.budget.charge(Usage(hidden=verify_usage.hidden))
+        usage = split_usage(result.usage, result.choices, chosen) + verify_usage
+        pick = result.choices[chosen]
+        info.update(samples=n_used, requested_samples=self.params.n, backend_calls=1)
+        reason: StopReason = "budget" if n_used < self.params.n else "completed"
+        return StrategyResult(
+            choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, pick.raw_logprobs),),
+            usage=usage,
+            stop_reason=reason,
+            info=info,
+            model=result.model,
+        )

@@ -1,0 +1,117 @@
+"""The ports strategies use to reach backends: ``Generator`` and ``Verifier``.
+
+Strategies never see HTTP. The gateway provides a vLLM-backed ``Generator``
+(``gateway/backends/generator.py``); tests provide scripted fakes (``tests/fakes.py``).
+One calling convention: every port method is async.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from strategies.usage import Usage
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GenRequest:
+    """One backend generation call (chat completions).
+
+    ``n`` samples share the prompt's KV blocks in ONE backend request. With
+    ``continue_final_message`` the last message must be a partial assistant message, which the
+    backend continues (``add_generation_prompt`` is then false). ``extra`` carries any other
+    OpenAI/vLLM field verbatim (``response_format``, ``seed``, ``thinking_token_budget``...).
+    """
+
+    messages: Sequence[Message]
+    n: int = 1
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    continue_final_message: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its logprob and the top alternatives at that position."""
+
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenChoice:
+    """One sample. ``tokens`` is its exact generated-token count (from vLLM's token ids)."""
+
+    index: int
+    text: str
+    tokens: int
+    finish_reason: str | None
+    stop_reason: str | int | None = None
+    reasoning: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    raw_logprobs: Any = None  # the backend's logprobs object, to hand back to the client as-is
+
+
+@dataclass(frozen=True, slots=True)
+class GenResult:
+    """The answer to one ``GenRequest``. ``usage.prompt`` counts the prompt once (it was sent
+    once); ``usage.visible`` holds every generated token — the strategy decides which of them
+    the client sees and re-labels the rest as hidden."""
+
+    choices: tuple[GenChoice, ...]
+    usage: Usage
+    model: str = ""
+
+
+class Generator(Protocol):
+    """A chat backend. Its errors (unreachable, timeout, refusal) propagate unchanged."""
+
+    async def generate(self, request: GenRequest) -> GenResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A complete answer to score: the full text and its extracted final answer (if any)."""
+
+    index: int
+    text: str
+    answer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A verifier's judgement of one candidate. ``value`` is in [0, 1] (1 = surely right);
+    ``usage`` counts any backend tokens the verifier spent (all hidden)."""
+
+    value: float
+    detail: str = ""
+    usage: Usage = Usage()
+
+
+class Verifier(Protocol):
+    """Scores whole candidates (ORM) or the steps of one partial solution (PRM)."""
+
+    name: str
+
+    async def score(self, question: str, candidates: Sequence[Candidate]) -> list[Score]:
+        """One ``Score`` per candidate, in order."""
+        ...
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[Score]:
+        """One ``Score`` per step (step i judged given steps[:i]), in order."""
+        ...

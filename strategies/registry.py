@@ -1,0 +1,33 @@
+"""Strategy names → (params model, factory). The one place a name becomes a strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsistencyParams
+from strategies.base import Strategy
+from strategies.best_of_n import BestOfN, BestOfNParams
+from strategies.bounded_reasoning import BoundedReasoning, BoundedReasoningParams
+from strategies.self_consistency import SelfConsistency, SelfConsistencyParams
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    params: type[BaseModel]
+    build: Callable[[Any], Strategy]
+    votes: bool  # combines several candidates (tools cannot be voted on)
+
+
+# single-pass is not here: it is a byte-level pass-through at the HTTP edge.
+STRATEGIES: dict[str, StrategySpec] = {
+    "bounded-reasoning": StrategySpec(BoundedReasoningParams, BoundedReasoning, votes=False),
+    "best-of-n": StrategySpec(BestOfNParams, BestOfN, votes=True),
+    "self-consistency": StrategySpec(SelfConsistencyParams, SelfConsistency, votes=True),
+    "adaptive-consistency": StrategySpec(
+        AdaptiveConsistencyParams, AdaptiveConsistency, votes=True
+    ),
+}

@@ -1,0 +1,85 @@
+"""Selection over candidates: majority vote, weighted vote, best score; and the adaptive
+stopping rule. Pure functions; ties and "no extractable answer" are explicit outcomes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class VoteResult:
+    """The outcome of a vote over normalised answers (None = candidate had no answer).
+
+    ``chosen`` is the index of the candidate to return: the first one carrying the winning
+    answer. ``tie`` says the winner was picked among equals (by earliest occurrence).
+    ``winner`` is None only when no candidate had an answer; ``chosen`` is then None too.
+    """
+
+    winner: str | None
+    chosen: int | None
+    tally: dict[str, float]
+    tie: bool
+    margin: float
+
+
+def _first_index(answers: Sequence[str | None]) -> dict[str, int]:
+    first: dict[str, int] = {}
+    for i, a in enumerate(answers):
+        if a is not None and a not in first:
+            first[a] = i
+    return first
+
+
+def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> VoteResult:
+    """Sum ``weights`` per answer; the heaviest wins. Ties: more votes, then earliest."""
+    if len(answers) != len(weights):
+        raise ValueError("answers and weights differ in length")
+    tally: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for a, w in zip(answers, weights, strict=True):
+        if a is not None:
+            tally[a] = tally.get(a, 0.0) + w
+            count[a] = count.get(a, 0) + 1
+    if not tally:
+        return VoteResult(None, None, {}, False, 0.0)
+    first = _first_index(answers)
+    ranked = sorted(tally, key=lambda a: (-tally[a], -count[a], first[a]))
+    best = ranked[0]
+    runner = tally[ranked[1]] if len(ranked) > 1 else 0.0
+    tie = len(ranked) > 1 and math.isclose(tally[best], runner) and count[best] == count[ranked[1]]
+    return VoteResult(best, first[best], tally, tie, tally[best] - runner)
+
+
+def majority_vote(answers: Sequence[str | None]) -> VoteResult:
+    """Self-consistency: the most frequent answer wins (ties: earliest occurrence)."""
+    return weighted_vote(answers, [1.0] * len(answers))
+
+
+def best_scored(scores: Sequence[float]) -> int:
+    """Index of the highest score (ties: earliest)."""
+    if not scores:
+        raise ValueError("no scores")
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def leader_confidence(votes: Sequence[str | None]) -> float:
+    """Posterior probability that the current leader beats the runner-up.
+
+    Model: among samples for the two leading answers, the leader's share p has a uniform
+    prior, so after a votes for the leader and b for the runner-up p ~ Beta(a+1, b+1). The
+    rule returns P(p > 1/2), which for integer parameters is a binomial tail:
+    P(Beta(a+1, b+1) > 1/2) = P(Binomial(a+b+1, 1/2) <= a). Unanimous 4/4 gives 0.969;
+    3 vs 1 gives 0.81. Samples without an answer count for nobody.
+    """
+    tally = majority_vote(votes).tally
+    counts = sorted((int(v) for v in tally.values()), reverse=True)
+    if not counts:
+        return 0.0
+    a = counts[0]
+    b = counts[1] if len(counts) > 1 else 0
+    n = a + b + 1
+    favourable: int = sum(math.comb(n, k) for k in range(a + 1))
+    return favourable / float(2**n)

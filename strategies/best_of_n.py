@@ -20,6 +20,7 @@ from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest
 from strategies.ports import Candidate, GenChoice, GenRequest, GenResult, Score, Verifier
 from strategies.usage import Usage
 from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier, is_checkable
+from strategies.verifiers.registry import VerifierContext, build_verifier
 from strategies.voting import VoteResult, best_scored, majority_vote, weighted_vote
 
 Selector = Literal["auto", "verifier", "majority", "weighted"]
@@ -39,6 +40,11 @@ class SamplingParams(BaseModel):
 class BestOfNParams(SamplingParams):
     n: int = Field(8, ge=1, le=64, description="Candidates per request (one backend call).")
     selector: Selector = "auto"
+    verifier: Literal["arithmetic", "logprob-judge"] = Field(
+        "arithmetic",
+        description="Scores for the verifier/weighted selectors; with auto, used for a weighted "
+        "vote when the arithmetic checker has nothing to check.",
+    )
 
 
 class DeadlineExceeded(Exception):
@@ -129,12 +135,14 @@ async def select(
     """Pick a candidate. Returns (index, info, verifier usage)."""
     texts = [c.text for c in sampled.choices]
     used = selector
+    v: Verifier = verifier or ArithmeticConsistencyVerifier()
     if selector == "auto":
-        checkable = any(is_checkable(question, t) for t in texts)
-        used = "verifier" if checkable else "majority"
+        if any(is_checkable(question, t) for t in texts):
+            used, v = "verifier", ArithmeticConsistencyVerifier()
+        else:
+            used = "majority" if v.name == "arithmetic" else "weighted"
     scores: list[Score] = []
     if used in ("verifier", "weighted"):
-        v = verifier or ArithmeticConsistencyVerifier()
         cands = [
             Candidate(i, t, a) for i, (t, a) in enumerate(zip(texts, sampled.answers, strict=True))
         ]
@@ -158,6 +166,7 @@ async def select(
         "chosen_index": chosen,
     }
     if scores:
+        info["verifier"] = v.name
         info["scores"] = [round(s.value, 4) for s in scores]
     spent = Usage()
     for s in scores:
@@ -178,8 +187,11 @@ class BestOfN:
         sampled = Sampled(
             result.choices, answers_of(result.choices, self.params.answer), result.usage
         )
+        verifier = self.verifier or build_verifier(
+            self.params.verifier, VerifierContext(generator=ctx.generator), {}
+        )
         chosen, info, verify_usage = await select(
-            question_of(request.messages), sampled, self.params.selector, self.verifier
+            question_of(request.messages), sampled, self.params.selector, verifier
         )
         ctx.budget.charge(Usage(hidden=verify_usage.hidden))
         usage = split_usage(result.usage, result.choices, chosen) + verify_usage

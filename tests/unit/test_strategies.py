@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsistencyParams
+from strategies.answers import ExtractSpec
 from strategies.base import Deadline, StrategyContext, StrategyRequest, TokenBudget
 from strategies.best_of_n import BestOfN, BestOfNParams, DeadlineExceeded
 from strategies.bounded_reasoning import BoundedReasoning, BoundedReasoningParams
+from strategies.ports import Candidate, Score
 from strategies.self_consistency import SelfConsistency, SelfConsistencyParams
 from strategies.usage import Usage
 from strategies.voting import leader_confidence, majority_vote, weighted_vote
@@ -147,3 +151,37 @@ async def test_bounded_reasoning_effort_maps_to_budget() -> None:
     req = StrategyRequest(messages=Q.messages, reasoning_effort="low")
     await BoundedReasoning(BoundedReasoningParams()).run(req, StrategyContext(gen2))
     assert gen2.requests[0].max_tokens == 64
+
+
+class FixedScores:
+    """A verifier that scores candidates from a table (and spends some hidden tokens)."""
+
+    name = "fixed"
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    async def score(self, question: str, candidates: Sequence[Candidate]) -> list[Score]:
+        return [Score(self.scores[c.index], usage=Usage(prompt=5, hidden=1)) for c in candidates]
+
+    async def score_steps(self, question: str, steps: Sequence[str]) -> list[Score]:
+        return [Score(0.5) for _ in steps]
+
+
+async def test_weighted_selector_overrules_majority_and_counts_verifier_tokens() -> None:
+    params = BestOfNParams(n=4, selector="weighted", answer=ExtractSpec(format="answer_line"))
+    wordy = StrategyRequest(messages=[{"role": "user", "content": "Pick one.\nAnswer: x"}])
+    texts = ["Answer: a", "Answer: a", "Answer: a", "Answer: b"]
+    gen = ScriptedGenerator(texts)
+    res = await BestOfN(params, FixedScores([0.1, 0.1, 0.1, 0.9])).run(wordy, StrategyContext(gen))
+    assert res.info["selector"] == "weighted" and res.choices[0].text == "Answer: b"
+    # 4 candidates x 10 tokens, 1 visible; verifier: 4 x (5 prompt + 1 hidden)
+    assert res.usage == Usage(prompt=20 + 20, visible=10, hidden=30 + 4)
+
+
+async def test_auto_uses_judge_weighted_vote_when_nothing_is_checkable() -> None:
+    gen = ScriptedGenerator(["A cat.", "A cat.", "A mouse."])
+    params = BestOfNParams(n=3, verifier="logprob-judge", answer=ExtractSpec(format="answer_line"))
+    res = await BestOfN(params).run(WORDY, StrategyContext(gen))
+    assert res.info["selector"] == "weighted" and res.info["verifier"] == "logprob-judge"
+    assert len(gen.requests) == 1 + 2  # one n=3 sampling call; the judge once per distinct text

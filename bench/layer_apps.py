@@ -7,7 +7,7 @@ request, so the difference between two rows is what one layer costs:
 - ``raw_const``: raw ASGI, fixed body: uvicorn's own floor (HTTP parsing, socket I/O, task);
 - ``fastapi_const``: a FastAPI route returning a fixed ``Response``: + FastAPI/Starlette;
 - ``raw_httpx``: raw ASGI forwarding the body upstream with the gateway's own pooled
-  ``httpx.AsyncClient`` (``gateway.backends.pool.build_client``): + the upstream client;
+  ``httpx.AsyncClient`` (``gateway.backends.pool.Pool.client``): + the upstream client;
 - ``fastapi_httpx``: FastAPI + that client: the gateway without its own logic;
 - ``raw_streams``: raw ASGI forwarding with a minimal keep-alive HTTP/1.1 client on asyncio
   streams (content-length bodies only): what the upstream hop costs without httpx.
@@ -58,12 +58,11 @@ async def _reply(send: Send, body: bytes) -> None:
 
 def _gateway_client() -> httpx.AsyncClient:
     """The same client the gateway builds for a pool (limits, timeouts, headers)."""
-    from gateway.backends.pool import build_client
+    from gateway.backends.pool import Pool, build_transport
     from routing.config import BackendPool
 
-    pool = BackendPool(name="mock", model="mock-model", replicas=[BACKEND])
-    built: httpx.AsyncClient = build_client(pool)
-    return built
+    config = BackendPool(name="mock", model="mock-model", replicas=[BACKEND])
+    return Pool(config, build_transport(config)).client
 
 
 _client: httpx.AsyncClient | None = None

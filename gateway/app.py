@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from gateway.backends.pool import Pool, build_client
+from gateway.backends.pool import Pool, build_transport
 from gateway.http.api import router
 from gateway.http.errors import install_error_handlers
 from gateway.services import Services
@@ -36,13 +36,13 @@ def create_app(
     settings: Settings,
     config: DeliberateConfig | None = None,
     registry: CollectorRegistry | None = None,
-    client_factory: Callable[[BackendPool], httpx.AsyncClient] = build_client,
+    transport_factory: Callable[[BackendPool], httpx.AsyncBaseTransport] = build_transport,
 ) -> FastAPI:
     """Build the gateway.
 
     ``config`` defaults to ``settings.config`` read from disk (at start-up, in the lifespan);
-    ``registry`` to a fresh one, exposed on ``/metrics``; ``client_factory`` builds each
-    pool's HTTP client (tests pass one with a fake transport).
+    ``registry`` to a fresh one, exposed on ``/metrics``; ``transport_factory`` builds each
+    pool's connection pool (tests pass a fake transport).
     """
 
     @contextlib.asynccontextmanager
@@ -50,7 +50,7 @@ def create_app(
         cfg = config if config is not None else load_config(settings.config)
         for warning in clashes(cfg):
             log.warning("config: %s", warning)
-        pools = {b.name: Pool(b, client_factory(b)) for b in cfg.backends}
+        pools = {b.name: Pool(b, transport_factory(b)) for b in cfg.backends}
         app.state.services = Services(
             settings=settings,
             config=cfg,

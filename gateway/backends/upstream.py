@@ -56,10 +56,9 @@ async def open_upstream(
     candidates = [replica] if replica is not None else pool.ordered()
     failures: list[str] = []
     for rep in candidates:
-        request = pool.client.build_request("POST", rep.url + path, content=body, headers=headers)
         rep.in_flight += 1
         try:
-            response = await pool.client.send(request, stream=True)
+            response = await pool.send(rep.url + path, body, headers)
         except _RETRYABLE as e:
             rep.in_flight -= 1
             pool.mark_down(rep, f"{type(e).__name__}: {e}")

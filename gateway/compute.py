@@ -3,8 +3,9 @@ OpenAI chat completion (JSON or SSE) with the ``deliberate`` extension object.""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ import orjson
 from gateway.backends.generator import VLLMGenerator
 from gateway.backends.pool import Pool
 from gateway.context import RequestContext
-from gateway.errors import BackendTimeout, InvalidRequest
+from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
 from gateway.sse import format_event
 from routing.config import Route
 from strategies.base import Deadline, StrategyContext, StrategyRequest, StrategyResult, TokenBudget
@@ -69,7 +70,11 @@ def strategy_request(payload: dict[str, Any]) -> StrategyRequest:
 
 
 async def run_route(
-    route: Route, pool: Pool, payload: dict[str, Any], ctx: RequestContext
+    route: Route,
+    pool: Pool,
+    payload: dict[str, Any],
+    ctx: RequestContext,
+    note: Callable[[str], None] | None = None,
 ) -> StrategyResult:
     """Run the route's strategy under its budget and deadline; record usage on ``ctx``."""
     spec = STRATEGIES[route.strategy]
@@ -85,6 +90,8 @@ async def run_route(
         TokenBudget(min(limits) if limits else None),
         Deadline.after(route.budget.deadline_s),
     )
+    if note is not None:
+        sctx.note = note
     try:
         result = await strategy.run(strategy_request(payload), sctx)
     except DeadlineExceeded as e:
@@ -182,3 +189,36 @@ async def render_sse(
         yield format_event(orjson.dumps({**base, "choices": [], "usage": _usage(result)}))
     yield b"data: [DONE]\n\n"
     ctx.stream_done = True
+
+
+async def stream_route(
+    route: Route, pool: Pool, payload: dict[str, Any], ctx: RequestContext, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """Run the strategy while streaming its progress notes as ``delta.reasoning``, then the
+    answer. The response has started, so a failure becomes an SSE ``error`` event."""
+    notes: asyncio.Queue[str | None] = asyncio.Queue()
+    task = asyncio.create_task(run_route(route, pool, payload, ctx, notes.put_nowait))
+    task.add_done_callback(lambda _: notes.put_nowait(None))
+    base = {
+        "id": f"chatcmpl-{ctx.request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": pool.model,
+    }
+    try:
+        while (note := await notes.get()) is not None:
+            delta = {"reasoning": note, "reasoning_content": note}
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            yield format_event(orjson.dumps({**base, "choices": [choice]}))
+        try:
+            result = await task
+        except DeliberateError as e:
+            ctx.outcome = "timeout" if isinstance(e, BackendTimeout) else "backend_error"
+            ctx.stream_done = True
+            yield format_event(orjson.dumps(e.body()))
+            return
+        async for chunk in render_sse(route, result, ctx, pool.model, include_usage):
+            yield chunk
+    finally:
+        if not task.done():
+            task.cancel()  # the client left: stop the strategy and its backend calls

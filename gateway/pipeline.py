@@ -24,7 +24,7 @@ from budgets.limits import (
 )
 from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
-from gateway.compute import check_request, render_json, render_sse, run_route
+from gateway.compute import check_request, render_json, render_sse, run_route, stream_route
 from gateway.context import RequestContext
 from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
@@ -90,10 +90,12 @@ async def complete(
                 param="model",
             )
         check_request(route, payload)
+        opts = payload.get("stream_options") or {}
+        include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
+        if streaming and route.stream_progress:
+            return Answer(stream=stream_route(route, pool, payload, ctx, include_usage))
         result = await run_route(route, pool, payload, ctx)
         if streaming:
-            opts = payload.get("stream_options") or {}
-            include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
             return Answer(stream=render_sse(route, result, ctx, pool.model, include_usage))
         return Answer(body=render_json(route, result, ctx, pool.model))
 

@@ -75,6 +75,10 @@ class _RouteBase(_Strict):
     name: Name
     backend: Name = Field(description="Name of a backend pool.")
     budget: RouteBudget = RouteBudget()
+    stream_progress: bool = Field(
+        False,
+        description="Multi-call routes: stream progress notes as delta.reasoning while working.",
+    )
 
 
 class SinglePassRoute(_RouteBase):

@@ -64,6 +64,7 @@ class AdaptiveConsistency:
             answers.extend(answers_of(result.choices, self.params.answer))
             usage = usage + result.usage
             confidences.append(round(leader_confidence(answers), 4))
+            ctx.note(f"{len(choices)} samples, leader confidence {confidences[-1]:.2f}\n")
             if confidences[-1] >= self.params.confidence:
                 reason = "converged"
                 break

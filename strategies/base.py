@@ -94,6 +94,8 @@ class StrategyContext:
     generator: Generator
     budget: TokenBudget = field(default_factory=TokenBudget)
     deadline: Deadline = field(default_factory=Deadline)
+    note: Callable[[str], None] = field(default=lambda _: None)
+    """Short progress notes ("sampled 8 candidates"), streamed to clients that opted in."""
 
 
 @dataclass(frozen=True, slots=True)

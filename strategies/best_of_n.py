@@ -187,6 +187,9 @@ class BestOfN:
         sampled = Sampled(
             result.choices, answers_of(result.choices, self.params.answer), result.usage
         )
+        ctx.note(
+            f"sampled {n_used} candidates in one request; selecting ({self.params.selector})\n"
+        )
         verifier = self.verifier or build_verifier(
             self.params.verifier, VerifierContext(generator=ctx.generator), {}
         )

@@ -163,6 +163,20 @@ def test_streaming_a_multi_candidate_route(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_streaming_progress_notes_then_answer(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="adaptive-consistency", messages=ADD, max_tokens=16, stream=True
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    notes = [getattr(d, "reasoning", None) for d in deltas]
+    first_content = next(i for i, d in enumerate(deltas) if d.content)
+    progress = [n for n in notes[:first_content] if n and "leader confidence" in n]
+    assert progress, "no progress note before the answer"
+    assert "".join(d.content or "" for d in deltas)
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [

@@ -82,12 +82,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ROUTES_YAML = REPO_ROOT / "configs" / "routes.yaml"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
-DEFAULT_ITEMS = 60
-QUICK_ITEMS = 6
+DEFAULT_ITEMS = 96
+QUICK_ITEMS = 12
 POOL_SIZE = 16
 SAMPLED_TEMPERATURE = 0.8
 EFFORTS = (("none", 0), ("low", 64), ("medium", 128), ("high", 256))
 FIXED_NS = (4, 8, 16)
+SENSITIVITY_CONFIDENCES = (0.9, 0.8)  # adaptive replays with a looser stopping rule
 SELECTORS: tuple[Selector, ...] = ("verifier", "majority", "weighted")
 MC_SUFFIX = ".mc"  # route variants whose answers are option letters
 BASELINE_GREEDY = "greedy"
@@ -316,7 +317,7 @@ async def post_chat(
     raise AssertionError("unreachable")
 
 
-def parse_reply(task: Task, phase: Phase, data: dict[str, Any], latency: float) -> Outcome:
+def parse_reply(task: Task, data: dict[str, Any], latency: float) -> Outcome:
     choice = data["choices"][0]
     text = (choice.get("message") or {}).get("content")
     correct, answer = judge(task, text)
@@ -409,7 +410,7 @@ async def run_phase(
             return Outcome(False, None, 0, 0, error=str(e)[:300])
         if phase.pool:
             return parse_pool(task, data, latency)
-        return parse_reply(task, phase, data, latency)
+        return parse_reply(task, data, latency)
 
     async def worker() -> None:
         while queue:
@@ -495,16 +496,20 @@ async def derived_rows(tasks: Sequence[Task], pools: Sequence[PoolItem]) -> list
                 "auto": f"best-of-{n}, selector auto",
             }[sel]
             rows.append(Row(key, label, "derived", outcomes))
-    params = AdaptiveConsistencyParams()
-    rows.append(
-        Row(
-            "adaptive",
-            f"adaptive self-consistency (waves {','.join(map(str, params.waves))}, "
-            f"conf {params.confidence})",
-            "derived",
-            [derive_adaptive(t, p, params) for t, p in zip(tasks, pools, strict=True)],
+    shipped = AdaptiveConsistencyParams()
+    for confidence in (shipped.confidence, *SENSITIVITY_CONFIDENCES):
+        params = shipped.model_copy(update={"confidence": confidence})
+        key = "adaptive" if confidence == shipped.confidence else f"adaptive-c{confidence:g}"
+        note = "" if confidence == shipped.confidence else ", sensitivity: not the shipped setting"
+        rows.append(
+            Row(
+                key,
+                f"adaptive self-consistency (waves {','.join(map(str, params.waves))}, "
+                f"conf {confidence:g}{note})",
+                "derived",
+                [derive_adaptive(t, p, params) for t, p in zip(tasks, pools, strict=True)],
+            )
         )
-    )
     for n in FIXED_NS:
         rows.append(
             Row(
@@ -550,6 +555,9 @@ def summarise(row: Row, baselines: dict[str, Row], resamples: int, seed: int) ->
         "errors": sum(o.error is not None for o in outs),
         "stop_reasons": dict(Counter(o.stop_reason for o in outs if o.stop_reason)),
     }
+    if any("forced_close" in o.extra for o in outs):
+        # bounded reasoning: items whose thinking hit the budget (closed by the gateway)
+        summary["forced_close"] = sum(bool(o.extra.get("forced_close")) for o in outs)
     for name, base in baselines.items():
         other = [o.correct for o in base.outcomes]
         mean, dlo, dhi = paired_bootstrap(right, other, resamples, seed)
@@ -681,7 +689,11 @@ def target_check(by_key: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Adaptive not significantly below fixed N=16 majority, at <= 40 % of its tokens."""
     base_tokens = by_key[BASELINE_MAJ16]["mean_total_tokens"] or 0.0
     out = []
-    for key in ("adaptive", "route-adaptive"):
+    for key in (
+        "adaptive",
+        "route-adaptive",
+        *(f"adaptive-c{c:g}" for c in SENSITIVITY_CONFIDENCES),
+    ):
         s = by_key[key]
         v = s[f"vs_{BASELINE_MAJ16}"]
         ratio = (s["mean_total_tokens"] or 0.0) / base_tokens if base_tokens else None
@@ -689,6 +701,7 @@ def target_check(by_key: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "row": key,
+                "label": s["label"],
                 "diff_vs_maj16": v["diff"],
                 "diff_ci95": v["ci95"],
                 "mcnemar_p": v["mcnemar_p"],
@@ -758,7 +771,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for t in report["target_check"]:
         lo, hi = t["diff_ci95"]
         lines.append(
-            f"- `{t['row']}`: Δ = {100 * t['diff_vs_maj16']:+.1f} pts "
+            f"- `{t['row']}` ({t['label']}): Δ = {100 * t['diff_vs_maj16']:+.1f} pts "
             f"[{100 * lo:+.1f}, {100 * hi:+.1f}], McNemar p = {t['mcnemar_p']:.2g}; "
             f"tokens = {100 * (t['token_ratio_vs_maj16'] or 0):.0f} % of maj@16 → "
             f"{'MET' if t['met'] else 'NOT MET'}"
@@ -777,7 +790,8 @@ def findings(report: dict[str, Any]) -> list[str]:
     for suffix, temperature in (("", 0.0), ("-t", SAMPLED_TEMPERATURE)):
         curve = ", ".join(
             f"{e} {_pct(by_key[f'br-{e}{suffix}']['accuracy'])} % "
-            f"({_num(by_key[f'br-{e}{suffix}']['mean_hidden_tokens'], 0)} hidden tok)"
+            f"({_num(by_key[f'br-{e}{suffix}']['mean_hidden_tokens'], 0)} hidden tok, "
+            f"budget hit on {by_key[f'br-{e}{suffix}'].get('forced_close', 0)} items)"
             for e, _ in EFFORTS
         )
         out.append(f"- bounded reasoning T={temperature:g} by effort: {curve}.")
@@ -793,7 +807,11 @@ def findings(report: dict[str, Any]) -> list[str]:
             + "; ".join(parts)
             + f" (oracle pass@{n} {_pct(orc)} %)."
         )
-    for key in ("adaptive", "route-adaptive"):
+    for key in (
+        "adaptive",
+        "route-adaptive",
+        *(f"adaptive-c{c:g}" for c in SENSITIVITY_CONFIDENCES),
+    ):
         a = by_key[key]
         stops = ", ".join(f"{k} {v}" for k, v in sorted(a["stop_reasons"].items()))
         out.append(
@@ -889,6 +907,8 @@ ORDER = (
     "maj@16",
     "weighted@16",
     "adaptive",
+    "adaptive-c0.9",
+    "adaptive-c0.8",
     "route-bon8",
     "auto@8",
     "route-sc8",

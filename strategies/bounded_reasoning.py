@@ -123,6 +123,7 @@ class BoundedReasoning:
         think_cap = ctx.budget.cap(budget) or 0
         start = p.think_start + "\n"
         thinking, forced, think_usage, calls = "", False, Usage(), 0
+        think_tokens = 0  # tokens of the thinking itself (vLLM's count in native mode)
         if think_cap > 0:
             extra = {"thinking_token_budget": think_cap} if p.mode == "native" else {}
             stop = None if p.mode == "native" else [p.think_end]
@@ -136,6 +137,7 @@ class BoundedReasoning:
             )
             calls += 1
             think_usage = first.usage
+            think_tokens = first.usage.hidden if p.mode == "native" else first.usage.completion
             c = first.choices[0]
             if p.mode == "native":
                 thinking = (c.reasoning or "").strip()
@@ -152,6 +154,7 @@ class BoundedReasoning:
                         calls,
                         first.model,
                         c.raw_logprobs,
+                        think_tokens,
                     )
             else:
                 thinking = c.text.strip()
@@ -169,6 +172,7 @@ class BoundedReasoning:
                 calls,
                 "",
                 None,
+                think_tokens,
                 reason="budget",
             )
         second = await self._generate(
@@ -177,8 +181,11 @@ class BoundedReasoning:
         calls += 1
         c = second.choices[0]
         usage = _hidden(think_usage) + Usage(prompt=second.usage.prompt, visible=c.tokens)
+        # A reasoning parser sees only the continuation, which has no end marker, so it files
+        # the whole answer under `reasoning`: in phase 2 that text IS the answer.
+        answer = c.text.strip() or (c.reasoning or "").strip()
         return self._result(
-            c.text.strip(),
+            answer,
             c.finish_reason,
             thinking,
             budget,
@@ -187,6 +194,7 @@ class BoundedReasoning:
             calls,
             second.model,
             c.raw_logprobs,
+            think_tokens,
         )
 
     def _result(
@@ -200,11 +208,12 @@ class BoundedReasoning:
         calls: int,
         model: str,
         logprobs: Any,
+        thinking_tokens: int,
         reason: str = "completed",
     ) -> StrategyResult:
         info = {
             "thinking_budget": budget,
-            "thinking_tokens": usage.hidden,
+            "thinking_tokens": thinking_tokens,
             "forced_close": forced,
             "mode": self.params.mode,
             "backend_calls": calls,

@@ -9,9 +9,15 @@ effects; nothing runs until a function is called.
 from gateway.localbackend.install import SetupStep, setup
 from gateway.localbackend.paths import SERVED_MODEL_NAME, BackendPaths, BackendSetupError
 from gateway.localbackend.server import ServerStatus, start, status, stop
-from gateway.localbackend.spec import ServerSpec, server_command, server_env
+from gateway.localbackend.spec import (
+    NATIVE_THINKING_ARGS,
+    ServerSpec,
+    server_command,
+    server_env,
+)
 
 __all__ = [
+    "NATIVE_THINKING_ARGS",
     "SERVED_MODEL_NAME",
     "BackendPaths",
     "BackendSetupError",

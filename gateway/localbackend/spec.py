@@ -57,6 +57,20 @@ KIND_FLAGS: Mapping[ServerKind, tuple[str, ...]] = {
     ),
 }
 
+NATIVE_THINKING_ARGS: tuple[str, ...] = (
+    # vLLM parses <think>...</think> into `reasoning` and enforces `thinking_token_budget`.
+    # The qwen3 parser takes multi-token markers (SmolLM2's `<think>` is three tokens; the
+    # deepseek_r1 parser needs single-token markers and fails at start-up). Every reply is
+    # then parsed: output without an end marker lands in `reasoning`, so only use this
+    # server for bounded-reasoning routes in `native` mode.
+    "--reasoning-parser",
+    "qwen3",
+    "--reasoning-config",
+    json.dumps(
+        {"reasoning_start_str": "<think>", "reasoning_end_str": "</think>"}, separators=(",", ":")
+    ),
+)
+
 DEFAULT_SERVED_NAMES: Mapping[ServerKind, str] = {
     "generate": SERVED_MODEL_NAME,
     "prm": SERVED_MODEL_NAME + "-prm",

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import orjson
 
 from gateway.backends.generator import VLLMGenerator
 from gateway.backends.pool import Pool
+from gateway.backends.prm import PrmVerifier
 from gateway.context import RequestContext
 from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
 from gateway.sse import format_event
 from routing.config import Route
-from strategies.base import Deadline, StrategyContext, StrategyRequest, StrategyResult, TokenBudget
+from strategies.base import (
+    Deadline,
+    Strategy,
+    StrategyContext,
+    StrategyRequest,
+    StrategyResult,
+    TokenBudget,
+)
 from strategies.best_of_n import DeadlineExceeded
+from strategies.prm_search import PrmSearch, PrmSearchParams
 from strategies.registry import STRATEGIES
 
 # Fields the strategy controls itself; everything else is passed to every backend call.
@@ -69,16 +78,27 @@ def strategy_request(payload: dict[str, Any]) -> StrategyRequest:
     )
 
 
+def build_strategy(route: Route, pools: Mapping[str, Pool], request_id: str) -> Strategy:
+    """The route's strategy; a PRM-scored search gets the client of its PRM pool."""
+    params = route.params
+    if isinstance(params, PrmSearchParams) and params.scorer == "prm":
+        assert params.prm_backend is not None  # validated with the config
+        prm_pool = pools[params.prm_backend]
+        verifier = PrmVerifier(prm_pool, request_id, prm_pool.config.prm)
+        return PrmSearch(params, step_verifier=verifier)
+    return STRATEGIES[route.strategy].build(params)
+
+
 async def run_route(
     route: Route,
-    pool: Pool,
+    pools: Mapping[str, Pool],
     payload: dict[str, Any],
     ctx: RequestContext,
     note: Callable[[str], None] | None = None,
 ) -> StrategyResult:
     """Run the route's strategy under its budget and deadline; record usage on ``ctx``."""
-    spec = STRATEGIES[route.strategy]
-    strategy = spec.build(route.params)
+    pool = pools[route.backend]
+    strategy = build_strategy(route, pools, ctx.request_id)
     limits = [
         x
         for x in (route.budget.max_total_tokens, payload.get("max_completion_tokens"))
@@ -192,12 +212,17 @@ async def render_sse(
 
 
 async def stream_route(
-    route: Route, pool: Pool, payload: dict[str, Any], ctx: RequestContext, include_usage: bool
+    route: Route,
+    pools: Mapping[str, Pool],
+    payload: dict[str, Any],
+    ctx: RequestContext,
+    include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
     """Run the strategy while streaming its progress notes as ``delta.reasoning``, then the
     answer. The response has started, so a failure becomes an SSE ``error`` event."""
     notes: asyncio.Queue[str | None] = asyncio.Queue()
-    task = asyncio.create_task(run_route(route, pool, payload, ctx, notes.put_nowait))
+    pool = pools[route.backend]
+    task = asyncio.create_task(run_route(route, pools, payload, ctx, notes.put_nowait))
     task.add_done_callback(lambda _: notes.put_nowait(None))
     base = {
         "id": f"chatcmpl-{ctx.request_id}",

@@ -93,8 +93,8 @@ async def complete(
         opts = payload.get("stream_options") or {}
         include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
         if streaming and route.stream_progress:
-            return Answer(stream=stream_route(route, pool, payload, ctx, include_usage))
-        result = await run_route(route, pool, payload, ctx)
+            return Answer(stream=stream_route(route, services.pools, payload, ctx, include_usage))
+        result = await run_route(route, services.pools, payload, ctx)
         if streaming:
             return Answer(stream=render_sse(route, result, ctx, pool.model, include_usage))
         return Answer(body=render_json(route, result, ctx, pool.model))

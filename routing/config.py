@@ -11,9 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
+from routing.prm import PrmConventions
 from strategies.adaptive_consistency import AdaptiveConsistencyParams
 from strategies.best_of_n import BestOfNParams
 from strategies.bounded_reasoning import BoundedReasoningParams
+from strategies.prm_search import PrmSearchParams
+from strategies.refine import RefineParams
 from strategies.self_consistency import SelfConsistencyParams
 from strategies.single_pass import SinglePassParams
 
@@ -44,6 +47,9 @@ class BackendPool(_Strict):
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(512, ge=1, description="Pooled connections per pool.")
     health_interval_s: float = Field(5.0, gt=0, description="Period of the /health probe.")
+    prm: PrmConventions | None = Field(
+        None, description="Set when this pool serves a process reward model over /pooling."
+    )
     default_route: Name | None = Field(
         None,
         description="Route used when a request names this pool's model; default: first route on the pool.",
@@ -108,12 +114,24 @@ class AdaptiveConsistencyRoute(_RouteBase):
     params: AdaptiveConsistencyParams = AdaptiveConsistencyParams()
 
 
+class RefineRoute(_RouteBase):
+    strategy: Literal["refine"]
+    params: RefineParams = RefineParams()
+
+
+class PrmSearchRoute(_RouteBase):
+    strategy: Literal["prm-search"]
+    params: PrmSearchParams = PrmSearchParams()
+
+
 Route = Annotated[
     SinglePassRoute
     | BoundedReasoningRoute
     | BestOfNRoute
     | SelfConsistencyRoute
-    | AdaptiveConsistencyRoute,
+    | AdaptiveConsistencyRoute
+    | RefineRoute
+    | PrmSearchRoute,
     Field(discriminator="strategy"),
 ]
 STRATEGY_NAMES = (
@@ -122,6 +140,8 @@ STRATEGY_NAMES = (
     "best-of-n",
     "self-consistency",
     "adaptive-consistency",
+    "refine",
+    "prm-search",
 )
 
 
@@ -152,6 +172,12 @@ class DeliberateConfig(_Strict):
             raise ValueError("\n".join(f"{path}: {msg}" for path, msg in problems))
         return self
 
+    def pools_in_use(self) -> list[str]:
+        """Pools some route needs: its own backend and any PRM pool it scores with."""
+        used = {r.backend for r in self.routes}
+        used |= {p for r in self.routes if (p := getattr(r.params, "prm_backend", None))}
+        return [b.name for b in self.backends if b.name in used]
+
     def pool(self, name: str) -> BackendPool:
         """The backend pool called ``name`` (validated to exist for every route)."""
         return next(b for b in self.backends if b.name == name)
@@ -173,6 +199,23 @@ def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
     for i, r in enumerate(cfg.routes):
         if r.name == "auto":
             problems.append((f"routes[{i}].name", "'auto' is reserved for the router"))
+        prm = getattr(r.params, "prm_backend", None)
+        if prm is not None:
+            prm_pool = next((b for b in cfg.backends if b.name == prm), None)
+            if prm_pool is None:
+                problems.append(
+                    (
+                        f"routes[{i}].params.prm_backend",
+                        f"unknown backend {prm!r}; backends: {pools}",
+                    )
+                )
+            elif prm_pool.prm is None:
+                problems.append(
+                    (
+                        f"routes[{i}].params.prm_backend",
+                        f"backend {prm!r} has no `prm:` section (it must serve a PRM over /pooling)",
+                    )
+                )
         if r.backend not in pools:
             problems.append(
                 (f"routes[{i}].backend", f"unknown backend {r.backend!r}; backends: {pools}")

@@ -46,6 +46,7 @@ def clashes(config: DeliberateConfig) -> list[str]:
     warnings: list[str] = []
     routes = {r.name for r in config.routes}
     seen_models: dict[str, str] = {}
+    in_use = set(config.pools_in_use())
     for i, pool in enumerate(config.backends):
         if pool.model in routes:
             warnings.append(
@@ -57,6 +58,6 @@ def clashes(config: DeliberateConfig) -> list[str]:
                 f"{seen_models[pool.model]!r}; that pool's default route wins"
             )
         seen_models.setdefault(pool.model, pool.name)
-        if not any(r.backend == pool.name for r in config.routes):
+        if pool.name not in in_use:
             warnings.append(f"backends[{i}]: pool {pool.name!r} has no route; nothing will use it")
     return warnings

@@ -7,9 +7,11 @@ that continues the beam's partial message, so every branch reuses the beam's cac
 at the DVTS root, where every subtree starts from the empty message). A step ends where the
 delimiter text appears (default a blank line; matched on text because ``"\\n\\n"`` is not one
 token mid-text). A child is *finished* when its call ended for any reason other than the
-delimiter (end of sequence: ``stop_reason`` None, a client stop string, ``max_tokens`` of the
-client reached) or its new step states a final answer (``final_pattern``); finished beams leave
-the frontier and compete at the end.
+delimiter (end of sequence: ``stop_reason`` None, a client stop string, the client's
+``max_tokens`` reached by the beam) or its new step states a final answer (``final_pattern``);
+finished beams leave the frontier and compete at the end. A step cut at ``max_tokens`` still
+counts as a step; an empty step is dropped. The root is continued from an EMPTY assistant
+message, which vLLM 0.32 renders exactly like the generation prompt (checked with /tokenize).
 
 Scoring: all new steps of one iteration are scored in ONE verifier call through
 ``StepBatchScorer.score_last_steps`` (see ``step_scorer``). A beam's score aggregates its step
@@ -23,7 +25,10 @@ Beam mode keeps one pool of ``beam_width`` (finished beams use up slots); DVTS r
 Budget and deadline: an iteration runs only for as many beams as the budget can fund at
 ``branch_factor × max_tokens`` each (the best ones); past the deadline in-flight calls are
 cancelled. The answer is the best finished beam, else the best partial beam completed greedily
-(temperature 0) when budget and time remain, else the best partial beam as it is.
+(temperature 0) when budget and time remain, else the best partial beam as it is. The answer's
+tokens are visible; every other generated token (pruned branches, a judge's outputs) is hidden;
+prompt = every prompt sent, the PRM's inputs included. Token logprobs are not returned (the
+answer is stitched from several calls).
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ NEXT_STEP_TEMPLATE = (
 
 
 class PrmSearchParams(BaseModel):
+    """A route's prm-search knobs. ``aggregation`` defaults to ``min`` (a beam is as good as its
+    weakest step): with the arithmetic checker one wrong equation then sinks the beam for good,
+    where ``last`` would forgive it at the next step. ``prm`` as ``scorer`` needs the gateway to
+    inject its PRM client (``prm_backend`` names the PRM pool)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     beam_width: int = Field(4, ge=1, le=16, description="Beams kept per step (DVTS: subtrees).")

@@ -12,6 +12,8 @@ from strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsist
 from strategies.base import Strategy
 from strategies.best_of_n import BestOfN, BestOfNParams
 from strategies.bounded_reasoning import BoundedReasoning, BoundedReasoningParams
+from strategies.prm_search import PrmSearch, PrmSearchParams
+from strategies.refine import Refine, RefineParams
 from strategies.self_consistency import SelfConsistency, SelfConsistencyParams
 
 
@@ -30,4 +32,7 @@ STRATEGIES: dict[str, StrategySpec] = {
     "adaptive-consistency": StrategySpec(
         AdaptiveConsistencyParams, AdaptiveConsistency, votes=True
     ),
+    # Both choose among candidates, and tool calls cannot be critiqued or continued stepwise.
+    "refine": StrategySpec(RefineParams, Refine, votes=True),
+    "prm-search": StrategySpec(PrmSearchParams, PrmSearch, votes=True),
 }

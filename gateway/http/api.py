@@ -171,10 +171,10 @@ async def health() -> Response:
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
-    """Readiness: at least one replica of every configured pool answers /health now."""
+    """Readiness: at least one replica of every pool a route uses answers /health now."""
     services = services_of(request)
     timeout = services.settings.ready_timeout_s
-    pools = list(services.pools.values())
+    pools = [services.pools[name] for name in services.config.pools_in_use()]
     results = await asyncio.gather(*(p.probe_all(timeout) for p in pools))
     detail = {
         p.name: {

@@ -7,6 +7,7 @@ test session on a free port with its own run dir, so a backend a developer start
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -91,11 +92,14 @@ def gateway_config(
     return path
 
 
-@pytest.fixture(scope="session")
-def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real gateway process (`deliberate serve`) in front of the real backend."""
+@contextlib.contextmanager
+def running_gateway(config: Path, log_dir: Path) -> Iterator[str]:
+    """A real gateway process (`python -m gateway serve`) on a free port; yields its URL.
+
+    On exit the gateway must not have logged a traceback.
+    """
     port = free_port()
-    log_path = tmp_path_factory.mktemp("gateway-log") / "gateway.log"
+    log_path = log_dir / "gateway.log"
     env = {**os.environ, "DELIBERATE_LOG_LEVEL": "warning"}
     cmd = [
         sys.executable,
@@ -103,7 +107,7 @@ def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) 
         "gateway",
         "serve",
         "--config",
-        str(gateway_config),
+        str(config),
         "--host",
         "127.0.0.1",
         "--port",
@@ -134,3 +138,10 @@ def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) 
             proc.kill()
         text = log_path.read_text(errors="replace")
         assert "Traceback" not in text, f"the gateway logged a traceback:\n{text}"
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway on the shipped policy, in front of the real backend."""
+    with running_gateway(gateway_config, tmp_path_factory.mktemp("gateway-log")) as url:
+        yield url

@@ -202,3 +202,48 @@ def test_hidden_tokens_in_metrics(client: openai.OpenAI, gateway_url: str) -> No
         if line.startswith('deliberate_tokens_total{kind="hidden",route="best-of-n"}')
     ]
     assert hidden and float(hidden[0].split()[-1]) > 0
+
+
+def test_refine_returns_best_version(client: openai.OpenAI, backend_url: str) -> None:
+    before = vllm_metrics(backend_url)
+    body = create(client, model="refine", messages=ADD, max_tokens=48)
+    after = vllm_metrics(backend_url)
+    ext = body["deliberate"]
+    assert body["_headers"]["x-deliberate-strategy"] == "refine"
+    assert ext["stop_reason"] in ("converged", "max_steps", "budget")
+    scores = ext["scores"]
+    assert scores[ext["chosen_version"]] == max(scores)  # the best, not blindly the last
+    assert body["usage"]["completion_tokens"] == delta(
+        before, after, "vllm:generation_tokens_total"
+    )
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0  # critiques
+
+
+def test_prm_search_expands_with_n_and_shares_prefix(
+    client: openai.OpenAI, backend_url: str
+) -> None:
+    facts = " ".join(f"Box {i} holds {i + 2} marbles." for i in range(50))
+    msgs = [
+        {"role": "user", "content": facts + " How many marbles are in box 3 and box 4 together?"}
+    ]
+    before = vllm_metrics(backend_url)
+    body = create(client, model="prm-search", messages=msgs, max_tokens=48)
+    after = vllm_metrics(backend_url)
+    ext = body["deliberate"]
+    assert body["choices"][0]["message"]["content"]
+    assert ext["steps"] >= 1 and ext["backend_calls"] >= 1
+    # Every expansion is ONE request with n=branch_factor (4): vLLM's own n histogram.
+    expansions = delta(before, after, "vllm:request_params_n_count")
+    assert expansions >= 1
+    assert (
+        delta(before, after, "vllm:request_params_n_sum") >= 4 * expansions - 3
+    )  # greedy finish is n=1
+    prompt = body["usage"]["prompt_tokens"] / max(1, ext["backend_calls"])
+    assert prompt >= 300
+    assert delta(before, after, "vllm:prefix_cache_hits_total") > 0
+    usage = body["usage"]
+    assert usage["completion_tokens"] == delta(before, after, "vllm:generation_tokens_total")
+    assert (
+        usage["completion_tokens"]
+        == body["deliberate"]["tokens"]["visible"] + body["deliberate"]["tokens"]["hidden"]
+    )

@@ -41,8 +41,27 @@ def test_shipped_configs_are_valid() -> None:
         "best-of-n",
         "self-consistency",
         "adaptive-consistency",
+        "refine",
+        "prm-search",
     ]
     assert clashes(cfg) == []
+
+
+def test_prm_example_and_prm_backend_checks() -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "examples" / "prm.yaml")
+    assert cfg.pools_in_use() == ["default", "prm"]
+    assert clashes(cfg) == []
+    text = (root / "configs" / "examples" / "prm.yaml").read_text()
+    lines = errors_of(text.replace("prm_backend: prm", "prm_backend: nowhere"))
+    assert lines == [
+        "r.yaml:routes[1].params.prm_backend: unknown backend 'nowhere'; "
+        "backends: ['default', 'prm']"
+    ]
+    lines = errors_of(text.replace("prm_backend: prm", "prm_backend: default"))
+    assert lines[0].startswith(
+        "r.yaml:routes[1].params.prm_backend: backend 'default' has no `prm:`"
+    )
 
 
 def test_good_config_defaults() -> None:

@@ -47,6 +47,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -714,6 +715,10 @@ def target_check(by_key: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _loads(values: Sequence[float] | None) -> str:
+    return "—" if not values else "/".join(f"{v:.1f}" for v in values)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     s = report["summaries"]
     by_key = {x["key"]: x for x in s}
@@ -725,6 +730,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- max_tokens {report['settings']['max_tokens']} per sample / answer; "
         f"{report['settings']['concurrency']} items in flight; run took "
         f"{report['duration_s'] / 60:.1f} min ({report['machine']['cpu_count']} CPUs).",
+        f"- Load average (1/5/15 min) before {_loads(report['machine'].get('loadavg_before'))}, "
+        f"after {_loads(report['machine'].get('loadavg_after'))}: latencies include whatever "
+        "else the machine was running.",
         "- Δ columns: paired difference in accuracy points, 95 % paired-bootstrap interval "
         f"({report['settings']['bootstrap']} resamples), exact McNemar p.",
         "- `gateway` rows: one gateway request per item and strategy (latency = that request, "
@@ -940,6 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ", ".join(f"{f} {c}" for f, c in counts.items())
     )
     started = time.monotonic()
+    load_before = os.getloadavg()
     try:
         with contextlib.ExitStack() as stack:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dlb-tts-")))
@@ -963,7 +972,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "test-time-scaling",
         "description": __doc__,
-        "machine": machine_info(),
+        "machine": machine_info()
+        | {"loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "settings": {
             "items": len(tasks),
             "seed": opts.seed,

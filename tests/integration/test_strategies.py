@@ -75,7 +75,7 @@ def test_best_of_n_one_backend_request_and_exact_usage(
     ext = body["deliberate"]
     assert body["_headers"]["x-deliberate-strategy"] == "best-of-n"
     assert ext["samples"] == 8 and ext["backend_calls"] == 1
-    assert ext["selector"] in ("verifier", "majority")
+    assert ext["selector"] in ("weighted", "majority")
     assert body["choices"][0]["message"]["content"]
     # ONE backend request with n=8 (vLLM's own histogram of n).
     assert delta(before, after, "vllm:request_params_n_count") == 1

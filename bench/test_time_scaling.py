@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,6 +63,7 @@ import httpx
 import yaml
 from overhead import (
     BenchError,
+    free_port,
     gateway_server,
     machine_info,
     unpinned,
@@ -95,6 +96,28 @@ MC_SUFFIX = ".mc"  # route variants whose answers are option letters
 BASELINE_GREEDY = "greedy"
 BASELINE_MAJ16 = "maj@16"
 TARGET_TOKEN_RATIO = 0.40
+SEARCH_ITEMS = 24  # default item count of a --strategies run
+PRM_POOL = "prm"
+# --strategies rows: key -> (label, route). Each runs with the route's shipped parameters.
+SEARCH_STRATEGIES: dict[str, tuple[str, str]] = {
+    "refine": ("refine route (≤3 critique/revise rounds, arithmetic verifier)", "refine"),
+    "prm-arith": ("prm-search, scorer arithmetic (beam 3×4, ≤6 steps, agg min)", "prm-search"),
+    "prm-judge": (
+        "prm-search, scorer logprob-judge (beam 3×4, ≤6 steps, agg min)",
+        "prm-search-judge",
+    ),
+    "prm-prm": (
+        "prm-search, scorer prm = real PRM server (beam 3×4, ≤6 steps, agg last)",
+        "prm-search-prm",
+    ),
+}
+ANSWER_ROUTES = (
+    "best-of-n",
+    "self-consistency",
+    "adaptive-consistency",
+    "refine",
+    "prm-search",
+)  # strategies with an ``answer`` param: these get ``.mc`` copies
 
 T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -198,20 +221,45 @@ def is_right(task: Task, answer: str | None) -> bool:
 # Gateway configuration
 
 
-def bench_config(backend_url: str) -> dict[str, Any]:
-    """``configs/routes.yaml`` with the default pool pointed at ``backend_url``, plus ``.mc``
-    copies of the voting routes whose answers are option letters, and deadlines raised to
-    600 s (the benchmark measures compute, not load-induced timeouts)."""
+def bench_config(backend_url: str, prm_url: str | None = None) -> dict[str, Any]:
+    """``configs/routes.yaml`` with the default pool pointed at ``backend_url``, plus
+    ``prm-search-judge`` (scorer logprob-judge) and, given ``prm_url``, a ``prm`` pool and
+    ``prm-search-prm`` (scorer prm, aggregation last, as in ``configs/examples/prm.yaml``);
+    ``.mc`` copies of the routes with an answer format whose answers are option letters, and
+    deadlines raised to 600 s (the benchmark measures compute, not load-induced timeouts)."""
     config: dict[str, Any] = yaml.safe_load(ROUTES_YAML.read_text())
     for pool in config["backends"]:
         if pool["name"] == "default":
             pool["replicas"] = [backend_url]
+    search = next((r for r in config["routes"] if r["name"] == "prm-search"), None)
+    if search is not None:
+        judge_route = copy.deepcopy(search)
+        judge_route["name"] = "prm-search-judge"
+        judge_route.setdefault("params", {})["scorer"] = "logprob-judge"
+        config["routes"].append(judge_route)
+        if prm_url is not None:
+            from gateway.localbackend import SERVED_MODEL_NAME
+
+            config["backends"].append(
+                {
+                    "name": PRM_POOL,
+                    "model": SERVED_MODEL_NAME + "-prm",
+                    "replicas": [prm_url],
+                    "prm": {},
+                }
+            )
+            prm_route = copy.deepcopy(search)
+            prm_route["name"] = "prm-search-prm"
+            prm_route.setdefault("params", {}).update(
+                {"scorer": "prm", "prm_backend": PRM_POOL, "aggregation": "last"}
+            )
+            config["routes"].append(prm_route)
     extra = []
     for route in config["routes"]:
         budget = route.get("budget")
         if isinstance(budget, dict) and "deadline_s" in budget:
             budget["deadline_s"] = 600
-        if route["strategy"] in ("best-of-n", "self-consistency", "adaptive-consistency"):
+        if route["strategy"] in ANSWER_ROUTES:
             mc = copy.deepcopy(route)
             mc["name"] = route["name"] + MC_SUFFIX
             mc.setdefault("params", {})["answer"] = {"format": "option_letter", "options": "ABCD"}
@@ -285,6 +333,26 @@ def phases(max_tokens: int) -> list[Phase]:
     return out
 
 
+def search_phases(max_tokens: int, strategies: Sequence[str]) -> list[Phase]:
+    """Greedy single-pass (the paired baseline) and the ``--strategies`` rows. ``refine`` gets
+    the client ``max_tokens`` (its cap per version, like every other row's answer cap);
+    prm-search does not (a client ``max_tokens`` caps a whole beam, which would cut the search
+    to one or two steps): its per-step cap (96) and 6 steps come from the route."""
+    out = [
+        Phase(
+            "greedy",
+            "single-pass greedy (T=0)",
+            "single-pass",
+            {"max_tokens": max_tokens, "temperature": 0},
+        )
+    ]
+    for key in strategies:
+        label, route = SEARCH_STRATEGIES[key]
+        body = {"max_tokens": max_tokens} if key == "refine" else {}
+        out.append(Phase(key, label, route, body, voting=True))
+    return out
+
+
 @dataclass
 class PoolItem:
     """The shared pool of one item: the samples in order, with exact token counts."""
@@ -337,6 +405,12 @@ def parse_reply(task: Task, data: dict[str, Any], latency: float) -> Outcome:
                 "backend_calls",
                 "thinking_tokens",
                 "forced_close",
+                "chosen_version",
+                "rounds",
+                "verifier_calls",
+                "prm_seconds",
+                "scorer",
+                "steps",
             )
             if k in d
         }
@@ -556,6 +630,21 @@ def summarise(row: Row, baselines: dict[str, Row], resamples: int, seed: int) ->
         "errors": sum(o.error is not None for o in outs),
         "stop_reasons": dict(Counter(o.stop_reason for o in outs if o.stop_reason)),
     }
+    calls = [o.extra["backend_calls"] for o in outs if "backend_calls" in o.extra]
+    if calls:
+        summary["mean_backend_calls"] = _mean(calls)
+    vcalls = [o.extra["verifier_calls"] for o in outs if "verifier_calls" in o.extra]
+    if vcalls:
+        summary["mean_verifier_calls"] = _mean(vcalls)
+    prm = [
+        (o.extra["prm_seconds"], o.latency_s)
+        for o in outs
+        if "prm_seconds" in o.extra and o.latency_s
+    ]
+    if prm:
+        # share of the summed request latency spent waiting on step scoring
+        summary["mean_prm_seconds"] = _mean([a for a, _ in prm])
+        summary["prm_latency_share"] = sum(a for a, _ in prm) / sum(b for _, b in prm)
     if any("forced_close" in o.extra for o in outs):
         # bounded reasoning: items whose thinking hit the budget (closed by the gateway)
         summary["forced_close"] = sum(bool(o.extra.get("forced_close")) for o in outs)
@@ -844,6 +933,7 @@ class Options:
     quick: bool
     output_dir: Path
     backend_url: str | None
+    strategies: tuple[str, ...] = ()
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -856,13 +946,35 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--bootstrap", type=int, default=None, help="resamples (default 5000)")
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--backend-url", default=None, help="reuse this running vLLM")
+    p.add_argument(
+        "--strategies",
+        default=None,
+        help="run only these rows (plus greedy single-pass as the paired baseline), comma-"
+        f"separated from {','.join(SEARCH_STRATEGIES)}; default {SEARCH_ITEMS} items; writes "
+        "test_time_scaling-search.*",
+    )
     a = p.parse_args(argv)
-    items = a.items if a.items is not None else (QUICK_ITEMS if a.quick else DEFAULT_ITEMS)
+    strategies: tuple[str, ...] = ()
+    if a.strategies is not None:
+        strategies = tuple(x.strip() for x in a.strategies.split(",") if x.strip())
+        unknown = [x for x in strategies if x not in SEARCH_STRATEGIES]
+        if unknown or not strategies:
+            p.error(f"--strategies: unknown {unknown}; choose from {', '.join(SEARCH_STRATEGIES)}")
+    default_items = SEARCH_ITEMS if strategies else DEFAULT_ITEMS
+    items = a.items if a.items is not None else (QUICK_ITEMS if a.quick else default_items)
     if items < 1 or a.concurrency < 1 or a.max_tokens < 1:
         p.error("--items, --concurrency and --max-tokens must be >= 1")
     boot = a.bootstrap if a.bootstrap is not None else (1000 if a.quick else 5000)
     return Options(
-        items, a.seed, a.concurrency, a.max_tokens, boot, a.quick, a.output_dir, a.backend_url
+        items,
+        a.seed,
+        a.concurrency,
+        a.max_tokens,
+        boot,
+        a.quick,
+        a.output_dir,
+        a.backend_url,
+        strategies,
     )
 
 
@@ -947,6 +1059,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(tasks)} items (seed {opts.seed}): "
         + ", ".join(f"{f} {c}" for f, c in counts.items())
     )
+    if opts.strategies:
+        return main_search(opts, tasks)
     started = time.monotonic()
     load_before = os.getloadavg()
     try:
@@ -1027,6 +1141,203 @@ def main(argv: Sequence[str] | None = None) -> int:
     md_path = opts.output_dir / f"{stem}.md"
     json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     md_path.write_text(render_markdown(report))
+    console.print(f"results: {json_path} and {md_path} (run took {duration / 60:.1f} min)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# --strategies: refine and prm-search rows on their own (slow) item set
+
+
+@contextlib.contextmanager
+def prm_server(run_dir: Path) -> Iterator[str]:
+    """The project's real PRM server (SmolLM2 with a No/Yes head over ``<file_sep>`` step tags:
+    real wire and latency, scores of no trained PRM) on a free port; yields its URL."""
+    from gateway import localbackend as lb
+
+    paths = lb.BackendPaths.default(run_dir=run_dir)
+    spec = lb.ServerSpec(port=free_port(), kind="prm")
+    progress = lambda line: console.print(f"  [dim]prm: {line}[/dim]")  # noqa: E731
+    try:
+        started = time.monotonic()
+        with unpinned():
+            status = lb.start(paths, spec, progress)
+        console.print(f"PRM server {status.url} up in {time.monotonic() - started:.0f} s")
+        yield status.url
+    finally:
+        lb.stop(paths, spec, progress)
+
+
+async def run_search(
+    opts: Options, gw_url: str, tasks: Sequence[Task]
+) -> tuple[list[Row], dict[str, float]]:
+    rows: list[Row] = []
+    walls: dict[str, float] = {}
+    limits = httpx.Limits(max_connections=opts.concurrency * 2)
+    timeout = httpx.Timeout(900.0, connect=10.0)
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits) as client:
+        warm = {"model": "single-pass", "messages": [{"role": "user", "content": "Hi"}]}
+        await post_chat(client, gw_url, {**warm, "max_tokens": 4})
+        for phase in search_phases(opts.max_tokens, opts.strategies):
+            results, wall = await run_phase(client, gw_url, phase, tasks, opts.concurrency)
+            walls[phase.key] = wall
+            rows.append(Row(phase.key, phase.label, "gateway", results))
+            acc = sum(o.correct for o in results) / len(results)
+            errs = sum(o.error is not None for o in results)
+            console.print(
+                f"  {phase.label}: acc {_pct(acc)} %, {wall:.0f} s"
+                + (f", [red]{errs} errors[/red]" if errs else "")
+            )
+    return rows, walls
+
+
+SEARCH_COLUMNS = (
+    "strategy",
+    "acc % [95% CI]",
+    "Δ vs greedy, pts [95% CI]",
+    "visible",
+    "hidden",
+    "total tok",
+    "latency s",
+    "backend calls",
+    "scoring share of latency",
+)
+
+
+def search_cells(s: dict[str, Any]) -> list[str]:
+    lo, hi = s["accuracy_ci95"]
+    acc = f"{_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+    if s["errors"]:
+        acc += f" ({s['errors']} err)"
+    share = s.get("prm_latency_share")
+    return [
+        s["label"],
+        acc,
+        _diff(s, BASELINE_GREEDY) if s["key"] != BASELINE_GREEDY else "(baseline)",
+        _num(s["mean_visible_tokens"]),
+        _num(s["mean_hidden_tokens"]),
+        _num(s["mean_total_tokens"]),
+        _num(s["mean_latency_s"], 2),
+        _num(s.get("mean_backend_calls", 1.0 if s["key"] == BASELINE_GREEDY else None)),
+        "—" if share is None else f"{100 * share:.1f} %",
+    ]
+
+
+def render_search_markdown(report: dict[str, Any]) -> str:
+    st = report["settings"]
+    s = report["summaries"]
+    counts = ", ".join(f"{f} {c}" for f, c in report["family_counts"].items())
+    lines = [
+        "# Test-time scaling, search rows: refine and prm-search on SmolLM2-135M-Instruct "
+        "(vLLM CPU) through the Deliberate gateway",
+        "",
+        f"- {st['items']} items (seed {st['seed']}; the first {st['items']} of the same seeded "
+        f"suite as the full run): {counts}.",
+        f"- {st['concurrency']} items in flight; run took {report['duration_s'] / 60:.1f} min "
+        f"({report['machine']['cpu_count']} CPUs); phase wall times (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in report["phase_wall_s"].items())
+        + ".",
+        f"- Load average (1/5/15 min) before {_loads(report['machine'].get('loadavg_before'))}, "
+        f"after {_loads(report['machine'].get('loadavg_after'))}: latencies include whatever "
+        "else the machine was running (the PRM server shares the CPUs with the generator).",
+        "- Δ vs greedy: paired difference in accuracy points on the same items, 95 % "
+        f"paired-bootstrap interval ({st['bootstrap']} resamples), exact McNemar p.",
+        f"- Greedy and refine: `max_tokens` {st['max_tokens']} per answer / version. prm-search "
+        "runs with the shipped route parameters and no client `max_tokens` (a client cap "
+        "bounds a whole beam): beam 3, branch 4, ≤ 6 steps of ≤ 96 tokens, T=0.8, budget "
+        "8192 tokens. `.mc` route copies extract option letters on multiple-choice items.",
+        "- Tokens: visible = the returned answer, hidden = everything else generated "
+        "(other candidates/beams, critiques, judge calls) as the gateway's `deliberate.tokens` "
+        "reports it; backend calls = `deliberate.backend_calls` (calls to the generation "
+        "backend, the logprob judge's included; arithmetic-checker and PRM-server calls are "
+        "not: see verifier calls below). Scoring share of latency = Σ `prm_seconds` / Σ "
+        "request latency over items (time the search waited on step scoring: the PRM server "
+        "for the prm row, the judge's calls for logprob-judge, pure Python for arithmetic).",
+        "- The PRM server is SmolLM2 with an untrained No/Yes head: its wire and latency are "
+        "real, its scores are NOT those of a trained process reward model, so the prm row "
+        "measures cost, not what a real PRM would buy.",
+        "",
+        markdown_table(SEARCH_COLUMNS, [search_cells(x) for x in s]),
+        "",
+        "## Accuracy per family (%)",
+        "",
+    ]
+    fams = list(report["family_counts"])
+    fam_rows = [[x["label"]] + [_pct(report["per_family"][x["key"]][f]) for f in fams] for x in s]
+    lines += [markdown_table(["strategy", *fams], fam_rows), ""]
+    lines += ["## Stop reasons and verifier calls", ""]
+    for x in s:
+        stops = ", ".join(f"{k} {v}" for k, v in sorted(x["stop_reasons"].items()))
+        extra = ""
+        if x.get("mean_verifier_calls") is not None:
+            extra += f"; mean verifier calls {_num(x['mean_verifier_calls'])}"
+        if x.get("mean_prm_seconds") is not None and x["key"] != "greedy":
+            extra += f"; mean prm_seconds {_num(x['mean_prm_seconds'], 2)}"
+        lines.append(f"- {x['label']}: {stops or '—'}{extra}.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main_search(opts: Options, tasks: Sequence[Task]) -> int:
+    """Greedy single-pass plus the ``--strategies`` rows; writes ``test_time_scaling-search.*``
+    (the full run's files stay as they are)."""
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    try:
+        with contextlib.ExitStack() as stack:
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dlb-tts-")))
+            with unpinned():
+                url, model = stack.enter_context(vllm_backend(opts.backend_url))
+            prm_url = None
+            if "prm-prm" in opts.strategies:
+                prm_url = stack.enter_context(prm_server(log_dir / "prm-run"))
+            gw_url, _ = stack.enter_context(gateway_server(bench_config(url, prm_url), log_dir))
+            console.print(f"backend {url} ({model}); gateway {gw_url}")
+            rows, walls = _run(run_search(opts, gw_url, tasks))
+    except KeyboardInterrupt:
+        console.print("[red]interrupted: everything started was stopped[/red]")
+        return 130
+    except (BenchError, httpx.HTTPError) as e:
+        console.print(f"[red]benchmark failed: {e}[/red]")
+        return 1
+    baselines = {BASELINE_GREEDY: rows[0]}
+    summaries = [summarise(r, baselines, opts.bootstrap, opts.seed) for r in rows]
+    duration = time.monotonic() - started
+    report: dict[str, Any] = {
+        "benchmark": "test-time-scaling-search",
+        "machine": machine_info()
+        | {"loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "settings": {
+            "items": len(tasks),
+            "seed": opts.seed,
+            "concurrency": opts.concurrency,
+            "max_tokens": opts.max_tokens,
+            "bootstrap": opts.bootstrap,
+            "strategies": list(opts.strategies),
+            "routes": {k: SEARCH_STRATEGIES[k][1] for k in opts.strategies},
+            "model": model,
+        },
+        "family_counts": family_counts(tasks),
+        "phase_wall_s": {k: round(v, 1) for k, v in walls.items()},
+        "summaries": summaries,
+        "per_family": per_family(rows, tasks),
+        "duration_s": round(duration, 1),
+        "items": [
+            {"task": t.to_json(), "outcomes": {r.key: outcome_json(r.outcomes[i]) for r in rows}}
+            for i, t in enumerate(tasks)
+        ],
+    }
+    table = Table(title="Search rows (SmolLM2-135M, through the gateway)")
+    for c in SEARCH_COLUMNS:
+        table.add_column(c, justify="left" if c == "strategy" else "right")
+    for x in summaries:
+        table.add_row(*search_cells(x))
+    console.print(table)
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = opts.output_dir / "test_time_scaling-search.json"
+    md_path = opts.output_dir / "test_time_scaling-search.md"
+    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    md_path.write_text(render_search_markdown(report))
     console.print(f"results: {json_path} and {md_path} (run took {duration / 60:.1f} min)")
     return 0
 

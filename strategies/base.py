@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from strategies.ports import Generator, Message
+from strategies.ports import Generator, GenRequest, GenResult, Message
 from strategies.usage import Usage
 
 StopReason = Literal["completed", "converged", "budget", "deadline", "max_steps", "no_answer"]
@@ -124,3 +124,28 @@ class Strategy(Protocol):
     """A test-time-compute strategy built from a route's params."""
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult: ...
+
+
+@dataclass
+class CountingGenerator:
+    """A ``Generator`` that counts the backend calls made through it (strategy and judges)."""
+
+    inner: Generator
+    calls: int = 0
+
+    async def generate(self, request: GenRequest) -> GenResult:
+        self.calls += 1
+        return await self.inner.generate(request)
+
+
+def with_instruction(messages: Sequence[Message], instruction: str) -> list[Message]:
+    """A copy of ``messages`` with ``instruction`` appended to the system prompt (or added
+    as one), so the client's own system prompt still applies."""
+    msgs = [dict(m) for m in messages]
+    if not instruction:
+        return msgs
+    if msgs and msgs[0].get("role") == "system" and isinstance(msgs[0].get("content"), str):
+        msgs[0]["content"] = f"{msgs[0]['content']}\n\n{instruction}"
+    else:
+        msgs.insert(0, {"role": "system", "content": instruction})
+    return msgs

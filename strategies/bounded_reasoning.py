@@ -22,7 +22,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strategies.base import Choice, StrategyContext, StrategyRequest, StrategyResult
+from strategies.base import (
+    Choice,
+    StrategyContext,
+    StrategyRequest,
+    StrategyResult,
+    with_instruction,
+)
 from strategies.best_of_n import DeadlineExceeded
 from strategies.ports import GenRequest, GenResult, Message
 from strategies.usage import Usage
@@ -71,13 +77,10 @@ class BoundedReasoning:
 
     def _messages(self, request: StrategyRequest, prefill: str) -> list[Message]:
         p = self.params
-        msgs = [dict(m) for m in request.messages]
+        instruction = ""
         if p.mode == "scratchpad":
             instruction = p.scratchpad_prompt.format(start=p.think_start, end=p.think_end)
-            if msgs and msgs[0].get("role") == "system" and isinstance(msgs[0].get("content"), str):
-                msgs[0]["content"] = f"{msgs[0]['content']}\n\n{instruction}"
-            else:
-                msgs.insert(0, {"role": "system", "content": instruction})
+        msgs = with_instruction(request.messages, instruction)
         msgs.append({"role": "assistant", "content": prefill})
         return msgs
 

@@ -45,14 +45,21 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from strategies.answers import ExtractSpec, extract_answer, normalize_answer
-from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest, StrategyResult
+from strategies.base import (
+    Choice,
+    CountingGenerator,
+    StopReason,
+    StrategyContext,
+    StrategyRequest,
+    StrategyResult,
+    with_instruction,
+)
 from strategies.best_of_n import DeadlineExceeded, question_of
 from strategies.ports import (
     Candidate,
     GenChoice,
     Generator,
     GenRequest,
-    GenResult,
     Message,
     Score,
     Verifier,
@@ -320,18 +327,6 @@ async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
 
 
 @dataclass
-class _Counting:
-    """Counts backend calls (the strategy's and a judge's) through the ``Generator`` port."""
-
-    inner: Generator
-    calls: int = 0
-
-    async def generate(self, request: GenRequest) -> GenResult:
-        self.calls += 1
-        return await self.inner.generate(request)
-
-
-@dataclass
 class _Run:
     """Mutable state of one search."""
 
@@ -362,7 +357,7 @@ class PrmSearch:
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
         p = self.params
-        gen = _Counting(ctx.generator)
+        gen = CountingGenerator(ctx.generator)
         scorer_name, scorer = step_scorer(p, gen, self.step_verifier)
         question = question_of(request.messages)
         st = _Run()
@@ -413,13 +408,7 @@ class PrmSearch:
         return beams if fit >= len(beams) else sorted(beams, key=lambda b: -b.score)[:fit]
 
     def _messages(self, request: StrategyRequest, prefix: str) -> list[Message]:
-        msgs = [dict(m) for m in request.messages]
-        instruction = self.params.step_prompt
-        if instruction:
-            if msgs and msgs[0].get("role") == "system" and isinstance(msgs[0].get("content"), str):
-                msgs[0]["content"] = f"{msgs[0]['content']}\n\n{instruction}"
-            else:
-                msgs.insert(0, {"role": "system", "content": instruction})
+        msgs = with_instruction(request.messages, self.params.step_prompt)
         msgs.append({"role": "assistant", "content": prefix})
         return msgs
 
@@ -453,7 +442,7 @@ class PrmSearch:
         self,
         request: StrategyRequest,
         ctx: StrategyContext,
-        gen: _Counting,
+        gen: CountingGenerator,
         frontier: list[Beam],
         st: _Run,
     ) -> list[Beam]:
@@ -598,7 +587,7 @@ class PrmSearch:
         self,
         request: StrategyRequest,
         ctx: StrategyContext,
-        gen: _Counting,
+        gen: CountingGenerator,
         groups: list[list[Beam]],
         st: _Run,
         reason: StopReason,
@@ -665,7 +654,7 @@ class PrmSearch:
         self,
         request: StrategyRequest,
         ctx: StrategyContext,
-        gen: _Counting,
+        gen: CountingGenerator,
         beam: Beam,
         cap: int | None,
         st: _Run,

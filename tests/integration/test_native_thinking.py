@@ -6,7 +6,6 @@ double as the ordinary backend); it runs only for this module.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -17,7 +16,7 @@ from gateway.backends.pool import Pool, build_transport
 from routing.config import BackendPool
 from strategies.base import StrategyContext, StrategyRequest
 from strategies.bounded_reasoning import BoundedReasoning, BoundedReasoningParams
-from tests.integration.conftest import MODEL, free_port
+from tests.integration.conftest import MODEL, local_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -26,18 +25,9 @@ QUESTION = StrategyRequest(messages=[{"role": "user", "content": "What is 12 + 7
 
 @pytest.fixture(scope="module")
 def thinking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    paths = lb.BackendPaths.default(run_dir=tmp_path_factory.mktemp("vllm-thinking"))
-    spec = lb.ServerSpec(port=free_port(), extra_args=lb.NATIVE_THINKING_ARGS)
-
-    def progress(message: str) -> None:
-        sys.stderr.write(f"[thinking backend] {message}\n")
-
-    lb.setup(paths, progress)
-    status = lb.start(paths, spec, progress)
-    try:
-        yield status.url
-    finally:
-        lb.stop(paths, spec, progress)
+    run_dir = tmp_path_factory.mktemp("vllm-thinking")
+    with local_server(run_dir, "thinking backend", extra_args=lb.NATIVE_THINKING_ARGS) as url:
+        yield url
 
 
 @pytest.fixture

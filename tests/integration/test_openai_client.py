@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -14,15 +13,6 @@ from tests.integration.conftest import MODEL
 pytestmark = pytest.mark.integration
 
 USER = [{"role": "user", "content": "Name three colours."}]
-
-
-@pytest.fixture(scope="module")
-def client(gateway_url: str) -> Iterator[openai.OpenAI]:
-    # max_retries=0: the client must see the gateway's own status codes, not its retries.
-    with openai.OpenAI(
-        base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=120
-    ) as c:
-        yield c
 
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:

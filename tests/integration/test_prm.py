@@ -7,7 +7,6 @@ are not meaningful.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway import localbackend as lb
-from tests.integration.conftest import SHIPPED_CONFIG, free_port, running_gateway
+from tests.integration.conftest import SHIPPED_CONFIG, local_server, running_gateway
 from tests.integration.test_strategies import delta, vllm_metrics
 
 pytestmark = pytest.mark.integration
@@ -27,18 +25,8 @@ EXAMPLE = SHIPPED_CONFIG.parent / "examples" / "prm.yaml"
 
 @pytest.fixture(scope="module")
 def prm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    paths = lb.BackendPaths.default(run_dir=tmp_path_factory.mktemp("vllm-prm"))
-    spec = lb.ServerSpec(port=free_port(), kind="prm")
-
-    def progress(message: str) -> None:
-        sys.stderr.write(f"[prm backend] {message}\n")
-
-    lb.setup(paths, progress)
-    status = lb.start(paths, spec, progress)
-    try:
-        yield status.url
-    finally:
-        lb.stop(paths, spec, progress)
+    with local_server(tmp_path_factory.mktemp("vllm-prm"), "prm backend", kind="prm") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ and completion tokens must equal what the backend processed and generated for th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,14 +15,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ADD = [{"role": "user", "content": "What is 23 + 48? Reply with the number."}]
-
-
-@pytest.fixture(scope="module")
-def client(gateway_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=300
-    ) as c:
-        yield c
 
 
 def vllm_metrics(backend_url: str) -> dict[str, float]:

@@ -118,6 +118,8 @@ def _run(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO: that would be one line per health probe.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     Console().print(
         f"[bold green]Deliberate[/bold green] gateway on http://{settings.host}:{settings.port}/v1 "
         f"(config {settings.config})"

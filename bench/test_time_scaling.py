@@ -146,7 +146,7 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
     if m == 0:
         return 1.0
     k = min(only_a, only_b)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
+    tail = float(sum(math.comb(m, i) for i in range(k + 1))) / float(2**m)
     return min(1.0, 2 * tail)
 
 

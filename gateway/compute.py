@@ -59,11 +59,17 @@ def check_request(route: Route, payload: dict[str, Any]) -> None:
             f"n={n} is not supported on it",
             param="n",
         )
-    if spec.votes and payload.get("tools"):
+    tool_choice = payload.get("tool_choice")
+    if payload.get("tools") or (tool_choice is not None and tool_choice != "none"):
+        why = (
+            "it votes over candidates and tool calls cannot be voted on"
+            if spec.votes
+            else "its answer is produced in several backend calls"
+        )
         raise InvalidRequest(
-            f"route {route.name!r} votes over candidates and tool calls cannot "
-            "be voted on; use a single-pass route for tools",
-            param="tools",
+            f"route {route.name!r} ({route.strategy}) does not take tools: {why}; "
+            "use a single-pass route for tool calling",
+            param="tools" if payload.get("tools") else "tool_choice",
         )
 
 

@@ -344,3 +344,35 @@ async def test_metrics_exposition(gateway: Factory) -> None:
     assert 'deliberate_tokens_total{kind="prompt",route="single-pass"} 7.0' in text
     assert 'deliberate_request_duration_seconds_count{route="single-pass"} 1.0' in text
     assert 'deliberate_ttft_seconds_count{route="single-pass"} 1.0' in text
+
+
+def strategy_config() -> DeliberateConfig:
+    cfg = make_config().model_dump(mode="json")
+    cfg["routes"].append({"name": "think", "strategy": "bounded-reasoning", "backend": "default"})
+    cfg["routes"].append({"name": "vote", "strategy": "self-consistency", "backend": "default"})
+    return DeliberateConfig.model_validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "param"),
+    [
+        ("vote", {"n": 2}, "n"),
+        ("vote", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ("think", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ("think", {"tool_choice": "required"}, "tool_choice"),
+    ],
+)
+async def test_multi_call_routes_refuse_what_they_cannot_honour(
+    gateway: Factory, fake: FakeVLLM, route: str, extra: dict[str, Any], param: str
+) -> None:
+    client, _ = await gateway(strategy_config())
+    r = await client.post("/v1/chat/completions", json={**CHAT, "model": route, **extra})
+    err = assert_openai_error(r, 400, param)
+    assert repr(route) in err["message"]
+    assert not fake.completions_received()
+
+
+async def test_completions_endpoint_is_single_pass_only(gateway: Factory) -> None:
+    client, _ = await gateway(strategy_config())
+    r = await client.post("/v1/completions", json={"model": "vote", "prompt": "x"})
+    assert_openai_error(r, 400, "model")

@@ -715,11 +715,15 @@ COLUMNS = (
 )
 
 
-def table_cells(s: dict[str, Any]) -> list[str]:
+def accuracy_cell(s: dict[str, Any]) -> str:
+    """``29.2 [21.0, 38.9]``, plus the error count when some requests failed."""
     lo, hi = s["accuracy_ci95"]
     acc = f"{_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
-    if s["errors"]:
-        acc += f" ({s['errors']} err)"
+    return acc + (f" ({s['errors']} err)" if s["errors"] else "")
+
+
+def table_cells(s: dict[str, Any]) -> list[str]:
+    acc = accuracy_cell(s)
     return [
         s["label"],
         s["source"],
@@ -1205,10 +1209,7 @@ SEARCH_COLUMNS = (
 
 
 def search_cells(s: dict[str, Any]) -> list[str]:
-    lo, hi = s["accuracy_ci95"]
-    acc = f"{_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
-    if s["errors"]:
-        acc += f" ({s['errors']} err)"
+    acc = accuracy_cell(s)
     share = s.get("prm_latency_share")
     return [
         s["label"],

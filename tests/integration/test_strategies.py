@@ -108,7 +108,7 @@ def test_adaptive_consistency_reports_samples_and_reason(
     after = vllm_metrics(backend_url)
     ext = body["deliberate"]
     assert ext["stop_reason"] in ("converged", "max_steps")
-    assert ext["samples"] in (4, 8, 16) or ext["samples"] <= 16
+    assert ext["samples"] in (4, 8, 16)  # cumulative wave sizes; 2 can never reach 0.95
     assert ext["backend_calls"] == len(ext["confidence"])
     assert delta(before, after, "vllm:request_params_n_count") == ext["backend_calls"]
     assert_usage_matches_backend(body, before, after)

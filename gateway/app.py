@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from gateway.backends.pool import Pool, build_transport
+from gateway.backends.scraper import BackendScraper
+from gateway.budgeting import BudgetService, build_store
 from gateway.http.api import router
 from gateway.http.errors import install_error_handlers
 from gateway.services import Services
@@ -51,17 +53,28 @@ def create_app(
         for warning in clashes(cfg):
             log.warning("config: %s", warning)
         pools = {b.name: Pool(b, transport_factory(b)) for b in cfg.backends}
+        metrics = Metrics(registry or CollectorRegistry(), gateway_version())
+        store = build_store(cfg, settings.redis_url, metrics)
+        scraper = BackendScraper(
+            [pools[name] for name in cfg.pools_in_use()],
+            interval_s=cfg.admission.scrape_interval_s,
+            stale_after_s=cfg.admission.stale_after_s,
+        )
         app.state.services = Services(
             settings=settings,
             config=cfg,
             routes=RouteTable(cfg),
             pools=pools,
-            metrics=Metrics(registry or CollectorRegistry(), gateway_version()),
+            metrics=metrics,
+            budgets=BudgetService(cfg, store, metrics),
+            scraper=scraper,
         )
         # First probe before serving, so max_model_len and health are known; never blocks
         # start-up for long, and a down backend just starts marked down.
         await asyncio.gather(*(p.probe_all(settings.ready_timeout_s) for p in pools.values()))
+        await scraper.scrape_once()  # admission starts with live state, not "unknown"
         loops = [asyncio.create_task(p.health_loop()) for p in pools.values()]
+        loops.append(asyncio.create_task(scraper.run()))
         try:
             yield
         finally:
@@ -69,6 +82,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await asyncio.gather(*(p.client.aclose() for p in pools.values()))
+            await store.aclose()
 
     app = FastAPI(
         title="Deliberate",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -132,6 +133,9 @@ def _run(settings: Settings) -> None:
         access_log=False,
         loop="auto",
         http="auto",
+        # SIGTERM: stop accepting, let in-flight requests finish for this long, then cancel
+        # them (their cleanup releases budget reservations and aborts backend calls).
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
 
 

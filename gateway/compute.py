@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -18,6 +19,8 @@ from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
 from gateway.sse import format_event
 from routing.config import Route
 from strategies.base import (
+    BudgetExhausted,
+    BudgetGuard,
     Deadline,
     Strategy,
     StrategyContext,
@@ -95,6 +98,19 @@ def build_strategy(route: Route, pools: Mapping[str, Pool], request_id: str) -> 
     return STRATEGIES[route.strategy].build(params)
 
 
+def route_budget(route: Route, payload: dict[str, Any]) -> TokenBudget:
+    """The route's caps, lowered by the client's ``max_completion_tokens`` (visible + hidden)."""
+    b = route.budget
+    client = payload.get("max_completion_tokens")
+    limits = [x for x in (b.generation_limit(), client) if isinstance(x, int)]
+    return TokenBudget(
+        min(limits) if limits else None,
+        hidden_limit=b.max_hidden_tokens,
+        max_calls=b.max_backend_calls,
+        max_candidates=b.max_candidates,
+    )
+
+
 async def run_route(
     route: Route,
     pools: Mapping[str, Pool],
@@ -102,38 +118,45 @@ async def run_route(
     ctx: RequestContext,
     note: Callable[[str], None] | None = None,
 ) -> StrategyResult:
-    """Run the route's strategy under its budget and deadline; record usage on ``ctx``."""
+    """Run the route's strategy under its caps and deadline; record usage on ``ctx``."""
     pool = pools[route.backend]
     strategy = build_strategy(route, pools, ctx.request_id)
-    limits = [
-        x
-        for x in (route.budget.max_total_tokens, payload.get("max_completion_tokens"))
-        if isinstance(x, int)
-    ]
-    generator = VLLMGenerator(pool, ctx.request_id)
+    budget = route_budget(route, payload)
     sctx = StrategyContext(
-        generator,
-        TokenBudget(min(limits) if limits else None),
+        BudgetGuard(VLLMGenerator(pool, ctx.request_id), budget),
+        budget,
         Deadline.after(route.budget.deadline_s),
     )
     if note is not None:
         sctx.note = note
+    request = strategy_request(payload)
+    if (visible := route.budget.max_visible_tokens) is not None:
+        request = replace(request, max_tokens=min(request.max_tokens or visible, visible))
     try:
-        result = await strategy.run(strategy_request(payload), sctx)
+        result = await strategy.run(request, sctx)
     except DeadlineExceeded as e:
         raise BackendTimeout(
             f"route {route.name!r} reached its deadline of "
             f"{route.budget.deadline_s}s before any answer existed"
         ) from e
+    except BudgetExhausted as e:
+        raise InvalidRequest(
+            f"route {route.name!r} ran out of its {e} cap before any answer existed; "
+            "raise the cap in the route's budget or lower the request's",
+            code="budget_exhausted",
+        ) from e
+    if budget.exhausted_by is not None and result.stop_reason == "budget":
+        result = replace(result, info={**result.info, "cap": budget.exhausted_by})
     ctx.usage = result.usage
     ctx.mark_first_token()
     return result
 
 
-def _extension(route: Route, result: StrategyResult) -> dict[str, Any]:
+def _extension(route: Route, result: StrategyResult, ctx: RequestContext) -> dict[str, Any]:
     return {
         "route": route.name,
         "strategy": route.strategy,
+        **ctx.admission_info(),
         "stop_reason": result.stop_reason,
         **result.info,
         "tokens": {
@@ -176,7 +199,7 @@ def render_json(route: Route, result: StrategyResult, ctx: RequestContext, model
             "model": result.model or model,
             "choices": choices,
             "usage": _usage(result),
-            "deliberate": _extension(route, result),
+            "deliberate": _extension(route, result, ctx),
         }
     )
 
@@ -210,7 +233,7 @@ async def render_sse(
     if c.reasoning:
         yield chunk({"reasoning": c.reasoning, "reasoning_content": c.reasoning})
     yield chunk({"content": c.text})
-    yield chunk({}, c.finish_reason, deliberate=_extension(route, result))
+    yield chunk({}, c.finish_reason, deliberate=_extension(route, result, ctx))
     if include_usage:
         yield format_event(orjson.dumps({**base, "choices": [], "usage": _usage(result)}))
     yield b"data: [DONE]\n\n"

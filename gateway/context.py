@@ -6,7 +6,9 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
+from budgets.ledger import Reservation
 from metrics.registry import Outcome, RequestRecord
 from strategies.usage import Usage
 
@@ -33,6 +35,11 @@ class RequestContext:
     ttft_s: float | None = None
     usage: Usage = Usage()
     stream_done: bool = False  # the backend's stream was relayed to its end
+    tenant: str | None = None
+    reservation: Reservation | None = None  # held until settled, exactly once
+    requested_route: str | None = None  # set when admission stepped the route down
+    downgrade_cause: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
     _recorded: bool = False
 
     def headers(self) -> dict[str, str]:
@@ -44,7 +51,17 @@ class RequestContext:
             h["x-deliberate-strategy"] = self.strategy
         if self.backend is not None:
             h["x-deliberate-backend"] = self.backend
+        if self.requested_route is not None:
+            h["x-deliberate-requested-route"] = self.requested_route
+            h["x-deliberate-downgrade"] = self.downgrade_cause or ""
+        h.update(self.extra_headers)
         return h
+
+    def admission_info(self) -> dict[str, Any]:
+        """For the response's ``deliberate`` object: the requested route and why it changed."""
+        if self.requested_route is None:
+            return {}
+        return {"requested_route": self.requested_route, "downgrade_cause": self.downgrade_cause}
 
     def mark_first_token(self) -> None:
         if self.ttft_s is None:

@@ -139,3 +139,35 @@ class BackendError(DeliberateError):
         if self.upstream_type:
             body["error"]["type"] = self.upstream_type
         return body
+
+
+class AuthenticationFailed(DeliberateError):
+    """Tenants are configured and the request carries no known API key (401)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class RateLimited(DeliberateError):
+    """The tenant's token or request budget cannot hold this request now (429)."""
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    default_code = "rate_limit_exceeded"
+
+
+class Overloaded(DeliberateError):
+    """No route on the step-down ladder fits the SLOs and KV ceilings right now (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "overloaded"
+
+
+class BudgetStoreUnavailable(DeliberateError):
+    """The budget store is unreachable and the policy is fail-closed (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "budget_store_unavailable"

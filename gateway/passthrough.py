@@ -32,7 +32,22 @@ async def read_json_body(upstream: Upstream, ctx: RequestContext) -> bytes:
     except (orjson.JSONDecodeError, AttributeError):
         usage = None
     ctx.usage = Usage.from_openai(usage)
-    return body
+    return with_admission_info(body, ctx)
+
+
+def with_admission_info(body: bytes, ctx: RequestContext) -> bytes:
+    """A downgraded request's JSON answer with the ``deliberate`` object saying so."""
+    info = ctx.admission_info()
+    if not info:
+        return body
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(obj, dict) or "error" in obj:
+        return body
+    obj["deliberate"] = {"route": ctx.route, "strategy": ctx.strategy, **info}
+    return orjson.dumps(obj)
 
 
 def force_stream_usage(payload: dict[str, Any]) -> bool:
@@ -58,7 +73,11 @@ async def relay_stream(
     splitter = EventSplitter()
     try:
         async for chunk in upstream.response.aiter_raw():
-            out = [e for e in splitter.feed(chunk) if _inspect(e, ctx, client_wants_usage)]
+            out = [
+                _annotate(e, ctx, client_wants_usage)
+                for e in splitter.feed(chunk)
+                if _inspect(e, ctx, client_wants_usage)
+            ]
             if out:
                 yield b"".join(out) if len(out) > 1 else out[0]
         tail = splitter.tail()
@@ -85,6 +104,24 @@ async def relay_stream(
         await upstream.aclose()
 
 
+def _annotate(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bytes:
+    """The final usage event of a downgraded request carries the ``deliberate`` object (and
+    the usage only if the client asked for it)."""
+    if b'"usage"' not in event or not ctx.admission_info():
+        return event
+    data = event_data(event)
+    try:
+        obj = orjson.loads(data) if data is not None and data != DONE else None
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(obj, dict) or obj.get("choices"):
+        return event
+    if not client_wants_usage:
+        obj.pop("usage", None)
+    obj["deliberate"] = {"route": ctx.route, "strategy": ctx.strategy, **ctx.admission_info()}
+    return format_event(orjson.dumps(obj))
+
+
 def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bool:
     """Update ``ctx`` from one event; return whether to forward it."""
     if ctx.ttft_s is not None and b'"usage"' not in event and b'"error"' not in event:
@@ -107,7 +144,7 @@ def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> boo
     usage = obj.get("usage")
     if usage:
         ctx.usage = Usage.from_openai(usage)
-        if not choices and not client_wants_usage:
+        if not choices and not client_wants_usage and not ctx.admission_info():
             return False
     return True
 

@@ -7,6 +7,7 @@ its stream) is over.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -16,20 +17,24 @@ import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from budgets.admission import Downgrade, Reject, RungCheck, admit, check_rung
+from budgets.estimates import CostShape, cost_shape, worst_case_tokens
 from budgets.limits import (
     check_context,
     check_shape,
     completion_cap,
     prompt_token_upper_bound,
 )
+from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
 from gateway.compute import check_request, render_json, render_sse, run_route, stream_route
 from gateway.context import RequestContext
-from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, Overloaded
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
+from routing.config import Route
 from routing.loader import format_loc
 
 Endpoint = Literal["chat", "completions"]
@@ -60,36 +65,42 @@ class Answer:
 
 
 async def complete(
-    services: Services, endpoint: Endpoint, raw: bytes, ctx: RequestContext
+    services: Services, endpoint: Endpoint, raw: bytes, ctx: RequestContext, tenant: Tenant
 ) -> Answer:
-    """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body."""
+    """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body for ``tenant``."""
     payload = parse_payload(raw, _SCHEMAS[endpoint])
-    route = services.routes.resolve(payload["model"])
-    if route is None:
+    requested = services.routes.resolve(payload["model"])
+    if requested is None:
         raise ModelNotFound(
             f"model {payload['model']!r} is not a route, a backend model or 'auto'; "
             f"available: {services.routes.model_ids()}",
             param="model",
         )
-    ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
-    pool = services.pools[route.backend]
-
+    ctx.route, ctx.strategy, ctx.backend = requested.name, requested.strategy, requested.backend
     limits = services.config.limits
     if (
         v := check_shape(payload, max_messages=limits.max_messages, max_n=limits.max_n)
     ) is not None:
         raise InvalidRequest(v.message, param=v.param, code=v.code)
-    await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+    pool = services.pools[requested.backend]
+    prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+    check_route_serves(requested, endpoint, payload)
+
+    route = admit_route(services, requested, payload, prompt_tokens, ctx)
+    if route is not requested:
+        ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
+        check_route_serves(route, endpoint, payload)
+        if route.backend != requested.backend:
+            pool = services.pools[route.backend]
+            prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+    shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
+    n = payload.get("n") if route.strategy == "single-pass" else 1
+    await services.budgets.reserve(
+        tenant, worst_case_tokens(prompt_tokens, shape, n if isinstance(n, int) else 1), ctx
+    )
 
     streaming = bool(payload.get("stream"))
     if route.strategy != "single-pass":
-        if endpoint != "chat":
-            raise InvalidRequest(
-                f"route {route.name!r} ({route.strategy}) serves chat "
-                "completions only; /v1/completions is single-pass",
-                param="model",
-            )
-        check_request(route, payload)
         opts = payload.get("stream_options") or {}
         include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
         if streaming and route.stream_progress:
@@ -101,12 +112,86 @@ async def complete(
 
     # single-pass: a faithful pass-through to one replica, bytes relayed as they come.
     payload["model"] = pool.model
+    apply_single_pass_caps(route, payload, endpoint)
     client_wants_usage = force_stream_usage(payload) if streaming else False
     upstream = await open_upstream(pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id)
     if streaming:
         stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage)
         return Answer(stream=stream, upstream=upstream)
     return Answer(body=await read_json_body(upstream, ctx))
+
+
+def check_route_serves(route: Route, endpoint: Endpoint, payload: dict[str, Any]) -> None:
+    """400 when a multi-call route is asked for what it cannot do (completions, n, tools)."""
+    if route.strategy == "single-pass":
+        return
+    if endpoint != "chat":
+        raise InvalidRequest(
+            f"route {route.name!r} ({route.strategy}) serves chat "
+            "completions only; /v1/completions is single-pass",
+            param="model",
+        )
+    check_request(route, payload)
+
+
+def request_shape(
+    route: Route, payload: dict[str, Any], prompt_tokens: int, max_model_len: int | None
+) -> CostShape:
+    """The route's cost shape for this request: its caps, the client's cap, the context room."""
+    room = None if max_model_len is None else max(1, max_model_len - prompt_tokens)
+    if route.strategy == "single-pass":
+        cap = completion_cap(payload)
+        return cost_shape(route, cap[1] if cap else None, room)
+    client = payload.get("max_completion_tokens")
+    return cost_shape(route, client if isinstance(client, int) else None, room)
+
+
+def admit_route(
+    services: Services,
+    requested: Route,
+    payload: dict[str, Any],
+    prompt_tokens: int,
+    ctx: RequestContext,
+) -> Route:
+    """The route admission lets this request run on now (``requested`` or a cheaper one);
+    503 + Retry-After when no rung of the ladder fits."""
+    adm = services.config.admission
+    if not adm.enabled:
+        return requested
+
+    def check(route: Route) -> RungCheck:
+        pool = services.pools[route.backend]
+        shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
+        load = services.scraper.load(route.backend) if services.scraper else None
+        return check_rung(route, shape, prompt_tokens, load, pool.config.kv, adm)
+
+    verdict = admit(services.config.ladder(requested.name), check, adm.retry_after_s)
+    if isinstance(verdict, Reject):
+        services.metrics.reject(requested.name, "overloaded")
+        raise Overloaded(
+            f"overloaded: no route on the ladder from {requested.name!r} fits right now "
+            f"({verdict.cause}); retry later",
+            headers={"retry-after": str(max(1, math.ceil(verdict.retry_after_s)))},
+        )
+    if isinstance(verdict, Downgrade):
+        ctx.requested_route, ctx.downgrade_cause = requested.name, verdict.cause
+        services.metrics.downgrade(requested.name, verdict.route.name, verdict.cause)
+    return verdict.route
+
+
+def apply_single_pass_caps(route: Route, payload: dict[str, Any], endpoint: Endpoint) -> None:
+    """Clip the client's completion cap to the route's (``max_tokens`` sent = what is left)."""
+    b = route.budget
+    caps = [x for x in (b.generation_limit(), b.max_visible_tokens) if x is not None]
+    if not caps:
+        return
+    limit = min(caps)
+    keys = [k for k in ("max_completion_tokens", "max_tokens") if isinstance(payload.get(k), int)]
+    if endpoint == "completions":
+        keys = ["max_tokens"]
+    for key in keys or ["max_tokens"]:
+        value = payload.get(key)
+        payload[key] = min(value, limit) if isinstance(value, int) else limit
 
 
 def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
@@ -147,27 +232,27 @@ def describe_validation_error(error: ValidationError) -> tuple[str | None, str]:
 
 async def check_prompt_fits(
     pool: Pool, endpoint: Endpoint, payload: dict[str, Any], body_bytes: int, ctx: RequestContext
-) -> None:
-    """400 before dispatch when the prompt cannot fit the backend's context length.
+) -> int:
+    """400 before dispatch when the prompt cannot fit the backend's context length; returns
+    an upper bound on the prompt's tokens (exact when it had to be counted).
 
     Cheap bound first (no tokenizer); only a request near the limit is counted exactly
     with the backend's ``/tokenize``. Unknown context length → vLLM remains the judge.
     """
-    max_len = pool.max_model_len
-    if max_len is None:
-        return
     cap = completion_cap(payload)
     messages = payload.get("messages")
     n_messages = len(messages) if isinstance(messages, list) else 1
     bound = prompt_token_upper_bound(body_bytes, n_messages)
-    if check_context(bound, cap, max_len, "messages") is None:
-        return
+    max_len = pool.max_model_len
+    if max_len is None or check_context(bound, cap, max_len, "messages") is None:
+        return bound
     count = await count_prompt_tokens(pool, endpoint, payload, ctx)
     if count is None:
-        return
+        return min(bound, max_len)
     prompt_param = "messages" if endpoint == "chat" else "prompt"
     if (v := check_context(count, cap, max_len, prompt_param)) is not None:
         raise ContextLengthExceeded(v.message, param=v.param)
+    return count
 
 
 async def count_prompt_tokens(

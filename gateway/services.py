@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.backends.pool import Pool
+from gateway.backends.scraper import BackendScraper
+from gateway.budgeting import BudgetService
 from gateway.settings import Settings
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig
@@ -18,3 +20,5 @@ class Services:
     routes: RouteTable
     pools: dict[str, Pool]
     metrics: Metrics
+    budgets: BudgetService
+    scraper: BackendScraper | None = None

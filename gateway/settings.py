@@ -18,6 +18,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface the gateway listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port the gateway listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redis_url: str | None = Field(
+        None,
+        description="redis:// or rediss:// URL of the shared budget store; unset = in memory.",
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before cancel."
+    )
     ready_timeout_s: float = Field(
         2.0, gt=0, description="Per-replica timeout of the /ready probe."
     )

@@ -14,8 +14,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from strategies.usage import Usage
 
 Outcome = Literal[
-    "ok", "client_error", "backend_error", "unavailable", "timeout", "cancelled", "internal_error"
+    "ok",
+    "client_error",
+    "rate_limited",
+    "overloaded",
+    "backend_error",
+    "unavailable",
+    "timeout",
+    "cancelled",
+    "internal_error",
 ]
+RejectReason = Literal["unauthorized", "rate_limited", "overloaded", "budget_store"]
 
 # Seconds. TTFT of a reasoning route can be tens of seconds; single-pass is milliseconds.
 _LATENCY_BUCKETS = (
@@ -81,6 +90,36 @@ class Metrics:
             ["route", "kind"],
             registry=registry,
         )
+        self.downgrades = Counter(
+            "deliberate_admission_downgrades",
+            "Requests admission stepped down the ladder, by requested and serving route and cause.",
+            ["requested_route", "route", "cause"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "deliberate_admission_rejections",
+            "Requests refused before any backend work, by requested route and reason.",
+            ["route", "reason"],
+            registry=registry,
+        )
+        self.reservations_in_flight = Gauge(
+            "deliberate_budget_reservations_in_flight",
+            "Tenant token reservations held by requests still running on this replica.",
+            registry=registry,
+        )
+        self.settled_tokens = Counter(
+            "deliberate_budget_settled_tokens",
+            "Tokens charged to tenant budgets at settlement (prompt + visible + hidden).",
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "deliberate_budget_store_errors",
+            "Budget-store (Redis) operations that failed, by operation.",
+            ["op"],
+            registry=registry,
+        )
+        for op in ("reserve", "settle"):
+            self.store_errors.labels(op)
         self.build_info = Gauge(
             "deliberate_build_info",
             "Gateway version (value is always 1).",
@@ -88,6 +127,13 @@ class Metrics:
             registry=registry,
         )
         self.build_info.labels(version=version).set(1)
+
+    def reject(self, route: str, reason: RejectReason) -> None:
+        self.rejections.labels(route, reason).inc()
+
+    def downgrade(self, requested: str, route: str, cause: str) -> None:
+        """``cause`` is ``kind:detail``; only the kind (slo, kv) becomes a label."""
+        self.downgrades.labels(requested, route, cause.partition(":")[0]).inc()
 
     def record(self, rec: RequestRecord) -> None:
         """Record one finished request."""

@@ -11,6 +11,14 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
+from routing.budget_config import (
+    AdmissionConfig,
+    BudgetStoreConfig,
+    KvSpec,
+    RouteBudget,
+    RouteSlo,
+    TenantConfig,
+)
 from routing.prm import PrmConventions
 from strategies.adaptive_consistency import AdaptiveConsistencyParams
 from strategies.best_of_n import BestOfNParams
@@ -54,6 +62,7 @@ class BackendPool(_Strict):
         None,
         description="Route used when a request names this pool's model; default: first route on the pool.",
     )
+    kv: KvSpec = KvSpec()
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> BackendPool:
@@ -68,19 +77,15 @@ class BackendPool(_Strict):
         return [str(u).rstrip("/") for u in self.replicas]
 
 
-class RouteBudget(_Strict):
-    """Hard limits of one request on this route (the client may only lower them)."""
-
-    max_total_tokens: int | None = Field(
-        None, ge=1, description="Generated tokens (visible + hidden) per request."
-    )
-    deadline_s: float | None = Field(None, gt=0, description="Wall time per request.")
-
-
 class _RouteBase(_Strict):
     name: Name
     backend: Name = Field(description="Name of a backend pool.")
     budget: RouteBudget = RouteBudget()
+    slo: RouteSlo = RouteSlo()
+    downgrade_to: Name | None = Field(
+        None,
+        description="Cheaper route admission steps down to when this one breaks its SLO or KV ceiling.",
+    )
     stream_progress: bool = Field(
         False,
         description="Multi-call routes: stream progress notes as delta.reasoning while working.",
@@ -163,6 +168,11 @@ class DeliberateConfig(_Strict):
     limits: Limits = Limits()
     backends: list[BackendPool] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
+    tenants: list[TenantConfig] = Field(
+        default_factory=list, description="API keys and budgets; none = open access."
+    )
+    budget_store: BudgetStoreConfig = BudgetStoreConfig()
+    admission: AdmissionConfig = AdmissionConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> DeliberateConfig:
@@ -177,6 +187,17 @@ class DeliberateConfig(_Strict):
         used = {r.backend for r in self.routes}
         used |= {p for r in self.routes if (p := getattr(r.params, "prm_backend", None))}
         return [b.name for b in self.backends if b.name in used]
+
+    def route(self, name: str) -> Route:
+        """The route called ``name`` (validated to exist wherever it is referenced)."""
+        return next(r for r in self.routes if r.name == name)
+
+    def ladder(self, name: str) -> list[Route]:
+        """``name`` and the routes its ``downgrade_to`` chain steps down to (validated acyclic)."""
+        chain = [self.route(name)]
+        while (nxt := chain[-1].downgrade_to) is not None:
+            chain.append(self.route(nxt))
+        return chain
 
     def pool(self, name: str) -> BackendPool:
         """The backend pool called ``name`` (validated to exist for every route)."""
@@ -220,6 +241,8 @@ def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
             problems.append(
                 (f"routes[{i}].backend", f"unknown backend {r.backend!r}; backends: {pools}")
             )
+    problems += _ladder_problems(cfg, routes)
+    problems += _tenant_problems(cfg)
     for i, b in enumerate(cfg.backends):
         if b.default_route is not None and b.default_route not in routes:
             problems.append(
@@ -228,4 +251,43 @@ def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
                     f"unknown route {b.default_route!r}; routes: {routes}",
                 )
             )
+    return problems
+
+
+def _ladder_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    nxt = {r.name: r.downgrade_to for r in cfg.routes}
+    for i, r in enumerate(cfg.routes):
+        if r.downgrade_to is None:
+            continue
+        if r.downgrade_to not in nxt:
+            problems.append(
+                (f"routes[{i}].downgrade_to", f"unknown route {r.downgrade_to!r}; routes: {routes}")
+            )
+            continue
+        seen: list[str] = [r.name]
+        cur: str | None = r.downgrade_to
+        while cur is not None and cur in nxt:
+            if cur in seen:
+                cycle = " -> ".join([*seen, cur])
+                problems.append((f"routes[{i}].downgrade_to", f"the ladder loops: {cycle}"))
+                break
+            seen.append(cur)
+            cur = nxt[cur]
+    return problems
+
+
+def _tenant_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for i, t in enumerate(cfg.tenants):
+        if t.name in seen_names:
+            problems.append((f"tenants[{i}].name", f"duplicate name {t.name!r}"))
+        seen_names.add(t.name)
+        key = t.key_sha256 or f"env:{t.key_env}"
+        if key in seen_keys:
+            field = "key_sha256" if t.key_sha256 else "key_env"
+            problems.append((f"tenants[{i}].{field}", "another tenant has the same key"))
+        seen_keys.add(key)
     return problems

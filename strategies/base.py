@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from strategies.ports import BudgetExhausted as BudgetExhausted
 from strategies.ports import Generator, GenRequest, GenResult, Message
 from strategies.usage import Usage
 
@@ -38,18 +39,46 @@ class StrategyRequest:
 
 @dataclass
 class TokenBudget:
-    """Tokens a request may still generate (visible + hidden); None = unlimited.
+    """What a request may still spend; every limit None = unlimited.
 
-    ``charge`` is called with every backend call's usage; strategies ask ``allows`` before
-    spending and size their calls with ``cap``.
+    ``limit`` caps generated tokens (visible + hidden), ``hidden_limit`` the hidden tokens a
+    strategy plans (a thinking budget), ``max_calls`` the backend generation calls and
+    ``max_candidates`` the sampled sequences (sum of ``n``). ``charge`` is called with every
+    call's usage; strategies ask ``allows``/``remaining`` before spending and size their calls
+    with ``cap``. Out of calls or candidates, ``remaining`` is 0, so every strategy's "budget
+    spent" path stops it with its best answer so far.
     """
 
     limit: int | None = None
     spent: Usage = Usage()
+    hidden_limit: int | None = None
+    max_calls: int | None = None
+    max_candidates: int | None = None
+    calls: int = 0
+    candidates: int = 0
+
+    @property
+    def exhausted_by(self) -> str | None:
+        """Which cap is used up: ``backend_calls``, ``candidates``, ``tokens`` (or None)."""
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            return "backend_calls"
+        if self.max_candidates is not None and self.candidates >= self.max_candidates:
+            return "candidates"
+        if self.limit is not None and self.spent.completion >= self.limit:
+            return "tokens"
+        return None
 
     @property
     def remaining(self) -> int | None:
+        if self.exhausted_by in ("backend_calls", "candidates"):
+            return 0
         return None if self.limit is None else max(0, self.limit - self.spent.completion)
+
+    @property
+    def candidates_left(self) -> int | None:
+        if self.max_candidates is None:
+            return None
+        return max(0, self.max_candidates - self.candidates)
 
     def charge(self, usage: Usage) -> None:
         self.spent = self.spent + usage
@@ -61,9 +90,45 @@ class TokenBudget:
             return wanted
         return rem if wanted is None else min(wanted, rem)
 
+    def cap_hidden(self, wanted: int) -> int:
+        """A hidden-token plan (thinking budget) clipped to the hidden cap and what is left."""
+        if self.hidden_limit is not None:
+            wanted = min(wanted, self.hidden_limit)
+        capped = self.cap(wanted)
+        return wanted if capped is None else capped
+
     def allows(self, tokens: int) -> bool:
         rem = self.remaining
         return rem is None or rem >= tokens
+
+
+@dataclass
+class BudgetGuard:
+    """A ``Generator`` that enforces a budget's call and candidate caps on every call.
+
+    Strategies stop on their own when ``remaining`` reaches 0; this is the hard backstop:
+    ``n`` is clipped to the candidates left, ``max_tokens`` to the tokens left, and a call
+    with nothing left raises ``BudgetExhausted`` instead of reaching the backend.
+    """
+
+    inner: Generator
+    budget: TokenBudget
+
+    async def generate(self, request: GenRequest) -> GenResult:
+        b = self.budget
+        if b.exhausted_by in ("backend_calls", "candidates"):
+            raise BudgetExhausted(b.exhausted_by)
+        n = request.n
+        if (left := b.candidates_left) is not None:
+            n = min(n, left)
+        max_tokens = b.cap(request.max_tokens)
+        if max_tokens == 0:
+            raise BudgetExhausted("tokens")
+        b.calls += 1
+        b.candidates += n
+        if n != request.n or max_tokens != request.max_tokens:
+            request = replace(request, n=n, max_tokens=max_tokens)
+        return await self.inner.generate(request)
 
 
 @dataclass

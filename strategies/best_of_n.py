@@ -111,6 +111,8 @@ async def sample(
     cap = ctx.budget.cap(request.max_tokens or params.max_tokens)
     if cap is not None and ctx.budget.remaining is not None and cap > 0:
         n = max(1, min(n, ctx.budget.remaining // cap))
+    if (left := ctx.budget.candidates_left) is not None:
+        n = max(1, min(n, left))
     try:
         async with asyncio.timeout(ctx.deadline.remaining_s):
             result = await ctx.generator.generate(gen_request(request, params, n, cap))

@@ -123,7 +123,7 @@ class BoundedReasoning:
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
         p = self.params
         budget = self.thinking_budget(request.reasoning_effort)
-        think_cap = ctx.budget.cap(budget) or 0
+        think_cap = ctx.budget.cap_hidden(budget)
         start = p.think_start + "\n"
         thinking, forced, think_usage, calls = "", False, Usage(), 0
         think_tokens = 0  # tokens of the thinking itself (vLLM's count in native mode)

@@ -16,6 +16,11 @@ from strategies.usage import Usage
 Message = dict[str, Any]
 
 
+class BudgetExhausted(Exception):
+    """Raised by a budget-guarded ``Generator`` when the request has no backend calls or
+    candidates left; the argument names the cap (``backend_calls``, ``candidates``, ``tokens``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GenRequest:
     """One backend generation call (chat completions).

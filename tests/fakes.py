@@ -28,6 +28,10 @@ class FakeReplica:
     reasoning_tokens: int = 0
     break_stream_after: int | None = None  # raise mid-stream after this many content chunks
     chunk_delay_s: float = 0.0  # pause before each streamed content chunk
+    kv_usage: float = 0.0  # what /metrics reports (vllm:kv_cache_usage_perc)
+    waiting: int = 0
+    running: int = 0
+    kv_capacity_tokens: int = 10_000
 
 
 @dataclass
@@ -55,6 +59,8 @@ class FakeVLLM:
         path = request.url.path
         if path == "/health":
             return httpx.Response(200)
+        if path == "/metrics":
+            return httpx.Response(200, text=self._metrics(rep))
         if path == "/v1/models":
             return httpx.Response(
                 200,
@@ -96,6 +102,15 @@ class FakeVLLM:
                 )
             return httpx.Response(200, json=self._completion(rep, body, chat))
         return httpx.Response(404, json={"error": {"message": f"no route {path}"}})
+
+    def _metrics(self, rep: FakeReplica) -> str:
+        labels = f'engine="0",model_name="{self.model}"'
+        return (
+            f"vllm:kv_cache_usage_perc{{{labels}}} {rep.kv_usage}\n"
+            f"vllm:num_requests_running{{{labels}}} {rep.running}\n"
+            f"vllm:num_requests_waiting{{{labels}}} {rep.waiting}\n"
+            f'vllm:cache_config_info{{block_size="16",num_gpu_blocks="{rep.kv_capacity_tokens // 16}"}} 1.0\n'
+        )
 
     def _usage(self, rep: FakeReplica, body: dict[str, Any]) -> dict[str, Any]:
         n = int(body.get("n") or 1)

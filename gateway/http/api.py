@@ -14,13 +14,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from gateway.context import RequestContext, request_id_from
-from gateway.errors import ClientDisconnected, DeliberateError, RequestTooLarge
+from gateway.errors import (
+    AuthenticationFailed,
+    BudgetStoreUnavailable,
+    ClientDisconnected,
+    DeliberateError,
+    RateLimited,
+    RequestTooLarge,
+)
 from gateway.http.errors import error_response, json_response
 from gateway.pipeline import Answer, Endpoint, complete
 from gateway.services import Services
+from metrics.registry import RejectReason
 
 T = TypeVar("T")
 router = APIRouter()
+_REJECTIONS: dict[type[DeliberateError], RejectReason] = {
+    AuthenticationFailed: "unauthorized",
+    RateLimited: "rate_limited",
+    BudgetStoreUnavailable: "budget_store",
+}
 
 
 def services_of(request: Request) -> Services:
@@ -44,14 +57,20 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
     request.state.ctx = ctx
     streaming = False
     try:
+        tenant = services.budgets.authenticate(request.headers.get("authorization"))
+        ctx.tenant = tenant.name
         raw = await read_body(request, services.config.limits.max_body_bytes)
-        answer = await until_disconnect(request, ctx, complete(services, endpoint, raw, ctx))
+        answer = await until_disconnect(
+            request, ctx, complete(services, endpoint, raw, ctx, tenant)
+        )
         if answer.stream is not None:
             streaming = True
             return RelayResponse(answer, ctx, services)
         assert answer.body is not None
         return Response(answer.body, media_type="application/json", headers=ctx.headers())
     except DeliberateError as e:
+        if (reason := _REJECTIONS.get(type(e))) is not None:
+            services.metrics.reject(ctx.route or "none", reason)
         return error_response(request, e)
     except asyncio.CancelledError:
         ctx.outcome = "cancelled"
@@ -60,8 +79,10 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
         ctx.outcome = "internal_error"
         raise
     finally:
-        if not streaming and (rec := ctx.finish()) is not None:
-            services.metrics.record(rec)
+        if not streaming:
+            await services.budgets.settle(ctx)
+            if (rec := ctx.finish()) is not None:
+                services.metrics.record(rec)
 
 
 class RelayResponse(StreamingResponse):
@@ -88,6 +109,7 @@ class RelayResponse(StreamingResponse):
             await self._answer.aclose()
             if not self._ctx.stream_done and self._ctx.outcome == "ok":
                 self._ctx.outcome = "cancelled"  # the client left before the end
+            await self._services.budgets.settle(self._ctx)
             if (rec := self._ctx.finish()) is not None:
                 self._services.metrics.record(rec)
 

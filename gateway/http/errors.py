@@ -15,11 +15,14 @@ from gateway.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    BudgetStoreUnavailable,
     ClientDisconnected,
     DeliberateError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
+    RateLimited,
 )
 from metrics.registry import Outcome
 from routing.loader import format_loc
@@ -31,6 +34,10 @@ def outcome_of(error: DeliberateError) -> Outcome:
     """The metrics outcome for an error."""
     if isinstance(error, ClientDisconnected):
         return "cancelled"
+    if isinstance(error, RateLimited):
+        return "rate_limited"
+    if isinstance(error, Overloaded | BudgetStoreUnavailable):
+        return "overloaded"
     if isinstance(error, BackendUnavailable):
         return "unavailable"
     if isinstance(error, BackendTimeout):

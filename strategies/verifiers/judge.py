@@ -13,7 +13,15 @@ import asyncio
 import math
 from collections.abc import Sequence
 
-from strategies.ports import Candidate, Generator, GenRequest, GenResult, Score, TokenLogprob
+from strategies.ports import (
+    BudgetExhausted,
+    Candidate,
+    Generator,
+    GenRequest,
+    GenResult,
+    Score,
+    TokenLogprob,
+)
 from strategies.usage import Usage
 
 NEUTRAL = 0.5
@@ -129,7 +137,14 @@ class LogprobJudgeVerifier:
         return scores
 
     async def _judge(self, prompt: str) -> Score:
-        result = await self._generator.generate(
+        try:
+            result = await self._judge_call(prompt)
+        except BudgetExhausted as e:
+            return Score(NEUTRAL, f"not judged: the request's {e} budget is spent")
+        return self._read(result)
+
+    async def _judge_call(self, prompt: str) -> GenResult:
+        return await self._generator.generate(
             GenRequest(
                 messages=({"role": "user", "content": prompt},),
                 n=1,
@@ -139,7 +154,6 @@ class LogprobJudgeVerifier:
                 top_logprobs=self._top,
             )
         )
-        return self._read(result)
 
     def _read(self, result: GenResult) -> Score:
         usage = Usage(prompt=result.usage.prompt, hidden=result.usage.completion)

@@ -165,3 +165,23 @@ def client(gateway_url: str) -> Iterator[openai.OpenAI]:
         base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=300
     ) as c:
         yield c
+
+
+# --- Redis (budget store tests) ------------------------------------------------------------
+# A real Redis for tests/integration/test_redis_store.py; see tests/redis_server.py for how it
+# is found or started. No vLLM involved.
+
+from tests.redis_server import SessionRedis, session_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[SessionRedis]:
+    """The session's Redis URL and its unique key prefix (keys deleted at the end)."""
+    with session_redis() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_session: SessionRedis) -> str:
+    """URL of a Redis usable by this test session."""
+    return redis_session.url

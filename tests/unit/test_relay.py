@@ -8,8 +8,12 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from budgets.ledger import Limit, TenantLimits
+from budgets.memory_store import MemoryStore
+from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
 from gateway.backends.upstream import open_upstream
+from gateway.budgeting import BudgetService
 from gateway.context import RequestContext
 from gateway.http.api import RelayResponse
 from gateway.passthrough import relay_stream
@@ -27,9 +31,9 @@ pytestmark = pytest.mark.anyio
 async def start_stream(fake: FakeVLLM) -> tuple[Pool, Answer, RequestContext, Services]:
     config = make_config()
     pool = Pool(config.backends[0], fake.transport())
-    services = Services(
-        Settings(), config, RouteTable(config), {"default": pool}, Metrics(CollectorRegistry())
-    )
+    metrics = Metrics(CollectorRegistry())
+    budgets = BudgetService(config, MemoryStore(), metrics)
+    services = Services(Settings(), config, RouteTable(config), {"default": pool}, metrics, budgets)
     body = orjson.dumps({"model": "fake-model", "stream": True, "messages": []})
     upstream = await open_upstream(pool, "/v1/chat/completions", body, "rid")
     ctx = RequestContext("rid", route="single-pass", strategy="single-pass", backend="default")
@@ -42,6 +46,9 @@ async def test_client_gone_before_first_chunk_releases_backend() -> None:
     fake.replica("http://replica-a:8000").chunk_delay_s = 30.0
     pool, answer, ctx, services = await start_stream(fake)
     assert pool.replicas[0].in_flight == 1
+    tenant = Tenant("t", TenantLimits("t", (Limit("tokens", "minute", 1000),)))
+    await services.budgets.reserve(tenant, 300, ctx)
+    assert await services.budgets.store.committed("t", "minute") == 300
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -54,6 +61,8 @@ async def test_client_gone_before_first_chunk_releases_backend() -> None:
     await RelayResponse(answer, ctx, services)(scope, receive, send)
     assert pool.replicas[0].in_flight == 0
     assert answer.upstream is not None and answer.upstream.response.is_closed
+    assert await services.budgets.store.committed("t", "minute") == 0  # reservation released
+    assert ctx.reservation is None
     assert (
         services.metrics.registry.get_sample_value(
             "deliberate_requests_total",

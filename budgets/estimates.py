@@ -1,0 +1,185 @@
+"""Cost estimates of serving a request on a route: tokens, KV-cache bytes, predicted TTFT.
+
+Pure functions of the route's configuration, the prompt's size and the backend's live load.
+The shape of each strategy (how many sequences decode at once, how many tokens sit on the
+critical path before the first visible token) comes from its params; caps from the route's
+``budget`` clip every figure, so a capped route is estimated as what it can actually spend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from routing.config import Route
+from strategies.adaptive_consistency import AdaptiveConsistencyParams
+from strategies.best_of_n import SamplingParams
+from strategies.bounded_reasoning import BoundedReasoningParams
+from strategies.prm_search import PrmSearchParams
+from strategies.refine import RefineParams
+
+
+@dataclass(frozen=True, slots=True)
+class CostShape:
+    """How a route spends tokens, before its budget caps."""
+
+    parallel: int
+    """Sequences decoding at once (candidates of one n=N call, beams x branches)."""
+    per_sequence_tokens: int
+    """Tokens each of those sequences may generate."""
+    critical_path_tokens: int
+    """Tokens decoded one after another before the first visible token exists."""
+    generated_tokens: int
+    """All tokens the strategy may generate (visible + hidden)."""
+
+
+def _sampling(p: SamplingParams, n: int, waves: int = 1) -> CostShape:
+    return CostShape(n, p.max_tokens, waves * p.max_tokens, n * waves * p.max_tokens)
+
+
+def _shape_single(route: Route, visible: int) -> CostShape:
+    return CostShape(1, visible, 0, visible)
+
+
+def _shape_best_of_n(route: Route, visible: int) -> CostShape:
+    p = route.params
+    assert isinstance(p, SamplingParams)
+    return _sampling(p, getattr(p, "n", 1))
+
+
+def _shape_adaptive(route: Route, visible: int) -> CostShape:
+    p = route.params
+    assert isinstance(p, AdaptiveConsistencyParams)
+    return CostShape(
+        max(p.waves), p.max_tokens, len(p.waves) * p.max_tokens, sum(p.waves) * p.max_tokens
+    )
+
+
+def _shape_bounded(route: Route, visible: int) -> CostShape:
+    p = route.params
+    assert isinstance(p, BoundedReasoningParams)
+    think = max([p.budget, *p.effort_budgets.values()])
+    return CostShape(1, think + p.max_tokens, think, think + p.max_tokens)
+
+
+def _shape_refine(route: Route, visible: int) -> CostShape:
+    p = route.params
+    assert isinstance(p, RefineParams)
+    path = p.max_tokens + p.rounds * (p.critique_max_tokens + p.max_tokens)
+    return CostShape(1, max(p.max_tokens, p.critique_max_tokens), path, path)
+
+
+def _shape_prm(route: Route, visible: int) -> CostShape:
+    p = route.params
+    assert isinstance(p, PrmSearchParams)
+    parallel = p.beam_width * p.branch_factor
+    path = p.max_steps * p.max_tokens + p.completion_max_tokens
+    return CostShape(parallel, path, path, parallel * p.max_steps * p.max_tokens)
+
+
+SHAPES: dict[str, Callable[[Route, int], CostShape]] = {
+    "single-pass": _shape_single,
+    "bounded-reasoning": _shape_bounded,
+    "best-of-n": _shape_best_of_n,
+    "self-consistency": _shape_best_of_n,
+    "adaptive-consistency": _shape_adaptive,
+    "refine": _shape_refine,
+    "prm-search": _shape_prm,
+}
+
+
+def generation_cap(route: Route, client_cap: int | None, room: int | None) -> int | None:
+    """Tokens the request may generate: the route's caps, the client's
+    ``max_completion_tokens`` (visible + hidden) and the context's room, whichever is least."""
+    caps = [x for x in (route.budget.generation_limit(), client_cap, room) if x is not None]
+    return min(caps) if caps else None
+
+
+def cost_shape(route: Route, client_cap: int | None = None, room: int | None = None) -> CostShape:
+    """The route's shape with its budget caps (and the client's cap) applied."""
+    b = route.budget
+    default_visible = getattr(route.params, "max_tokens", None) or 256
+    visible = min(x for x in (default_visible, b.max_visible_tokens, client_cap, room) if x)
+    raw = SHAPES[route.strategy](route, visible)
+    parallel = min(raw.parallel, b.max_candidates or raw.parallel)
+    cap = generation_cap(route, client_cap, room)
+    generated = raw.generated_tokens if cap is None else min(raw.generated_tokens, cap)
+    if route.strategy == "single-pass":
+        generated = cap if cap is not None else raw.generated_tokens
+    return CostShape(
+        parallel=parallel,
+        per_sequence_tokens=min(raw.per_sequence_tokens, generated),
+        critical_path_tokens=min(raw.critical_path_tokens, generated),
+        generated_tokens=generated,
+    )
+
+
+def worst_case_tokens(prompt_tokens: int, shape: CostShape, n: int = 1) -> int:
+    """What a tenant is charged at most for one request (prompt + everything generated);
+    ``n`` choices of a single-pass request each generate up to the cap."""
+    return prompt_tokens + n * shape.generated_tokens
+
+
+def kv_tokens(prompt_tokens: int, shape: CostShape, *, shared: bool = True) -> int:
+    """KV-cache tokens held at peak: the prompt once plus every continuation when the prefix
+    is shared (one n=N request, prefix caching), else a full copy per sequence."""
+    if shared:
+        return prompt_tokens + shape.parallel * shape.per_sequence_tokens
+    return shape.parallel * (prompt_tokens + shape.per_sequence_tokens)
+
+
+def kv_bytes(tokens: int, bytes_per_token: float) -> float:
+    """``2 x layers x kv_heads x head_dim x bytes_per_value`` bytes for each token."""
+    return tokens * bytes_per_token
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLoad:
+    """A backend pool's live state as admission sees it (None = unknown, never zero)."""
+
+    kv_usage: float | None = None
+    kv_capacity_tokens: int | None = None
+    running: int | None = None
+    waiting: int | None = None
+    decode_tokens_per_s: float | None = None
+    """Per sequence, measured from the generation-token rate and the running count."""
+    mean_request_s: float | None = None
+
+
+def queue_s(load: PoolLoad | None) -> float:
+    """Time a new request waits for a slot: the waiting requests ahead, each freeing when a
+    running one finishes."""
+    if load is None or not load.waiting or load.mean_request_s is None:
+        return 0.0
+    return (load.waiting + 1) * load.mean_request_s / max(load.running or 1, 1)
+
+
+def predict_ttft_s(
+    prompt_tokens: int,
+    shape: CostShape,
+    load: PoolLoad | None,
+    *,
+    prefill_tokens_per_s: float,
+    default_decode_tokens_per_s: float,
+) -> float:
+    """Queue + prefill + the hidden tokens on the critical path at the decode rate."""
+    rate = default_decode_tokens_per_s
+    if load is not None and load.decode_tokens_per_s:
+        rate = load.decode_tokens_per_s
+    return queue_s(load) + prompt_tokens / prefill_tokens_per_s + shape.critical_path_tokens / rate
+
+
+def summary(prompt_tokens: int, shape: CostShape, bytes_per_token: float | None) -> dict[str, Any]:
+    """Estimates as a JSON-able dict (explain output, logs)."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens_max": shape.generated_tokens,
+        "parallel_sequences": shape.parallel,
+        "kv_tokens_shared": kv_tokens(prompt_tokens, shape),
+        "kv_tokens_unshared": kv_tokens(prompt_tokens, shape, shared=False),
+    }
+    if bytes_per_token is not None:
+        out["kv_bytes_shared"] = kv_bytes(out["kv_tokens_shared"], bytes_per_token)
+        out["kv_bytes_unshared"] = kv_bytes(out["kv_tokens_unshared"], bytes_per_token)
+    return out

@@ -1,0 +1,194 @@
+"""A shared budget store with a per-process fallback for when it cannot be reached.
+
+``FailoverStore`` reserves on the primary (Redis). When the primary raises
+``StoreUnavailable``:
+
+* at reserve, fail-open reserves on the in-process fallback instead (the reservation's origin
+  becomes ``"fallback"``, so its settle goes there too) and fail-closed re-raises;
+* at settle/release, nothing is raised (the request is already served): the settlement is kept
+  in a bounded queue and replayed, in the background, after the next successful primary call,
+  so an outage does not lose usage once the primary is back. Settle acts once per reservation,
+  so a replay that races another can never charge twice.
+
+Failures are logged at most once per ``LOG_EVERY_S`` per kind, and reported to ``on_error``
+(the operation: ``"reserve"`` when failing open, ``"settle"`` for settle and release).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from budgets.ledger import (
+    BudgetStore,
+    Denied,
+    Granted,
+    Kind,
+    Reservation,
+    StoreUnavailable,
+    TenantLimits,
+    WindowName,
+)
+from budgets.memory_store import MemoryStore
+
+log = logging.getLogger(__name__)
+
+FALLBACK_ORIGIN = "fallback"
+MAX_PENDING = 10_000
+LOG_EVERY_S = 10.0
+
+Pending = tuple[Reservation, int | None]
+"""A settlement to replay: (reservation, used), ``used`` None for a release."""
+
+
+class FailoverStore:
+    """``primary`` with ``fallback`` behind it; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        primary: BudgetStore,
+        fallback: MemoryStore,
+        fail_open: bool,
+        on_error: Callable[[str], None],
+        *,
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._fail_open = fail_open
+        self._on_error = on_error
+        self._max_pending = max_pending
+        self._clock = clock
+        self._pending: deque[Pending] = deque()
+        self._replay: asyncio.Task[None] | None = None
+        self._logged_at: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def pending_settlements(self) -> int:
+        """Settlements waiting for the primary to come back."""
+        return len(self._pending)
+
+    async def reserve(
+        self, limits: TenantLimits, tokens: int, reservation_id: str
+    ) -> Granted | Denied:
+        """Reserve on the primary; if it is unreachable, on the fallback or not at all."""
+        try:
+            result = await self._primary.reserve(limits, tokens, reservation_id)
+        except StoreUnavailable as exc:
+            if not self._fail_open:
+                raise
+            self._warn(
+                "reserve", "budget store unavailable, failing open to the local one: %s", exc
+            )
+            self._on_error("reserve")
+            result = await self._fallback.reserve(limits, tokens, reservation_id)
+            if isinstance(result, Granted):
+                reservation = dataclasses.replace(result.reservation, origin=FALLBACK_ORIGIN)
+                result = dataclasses.replace(result, reservation=reservation)
+            return result
+        self._primary_ok()
+        return result
+
+    async def settle(self, reservation: Reservation, used: int) -> None:
+        """Settle on the store holding the reservation; never raises ``StoreUnavailable``."""
+        await self._close(reservation, used)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Release on the store holding the reservation; never raises ``StoreUnavailable``."""
+        await self._close(reservation, None)
+
+    async def committed(self, tenant: str, window: WindowName, kind: Kind = "tokens") -> int:
+        """The primary's counter; the fallback's when failing open through an outage."""
+        try:
+            value = await self._primary.committed(tenant, window, kind)
+        except StoreUnavailable:
+            if not self._fail_open:
+                raise
+            return await self._fallback.committed(tenant, window, kind)
+        self._primary_ok()
+        return value
+
+    async def flush_pending(self) -> int:
+        """Replay queued settlements on the primary now; returns how many are still queued."""
+        while self._pending:
+            item = self._pending[0]
+            try:
+                await self._apply(item)
+            except StoreUnavailable:
+                break
+            except Exception:
+                log.exception("dropping a budget settlement the primary store rejected")
+            # A concurrent flush may have replayed (and popped) this one already.
+            if self._pending and self._pending[0] is item:
+                self._pending.popleft()
+        return len(self._pending)
+
+    async def aclose(self) -> None:
+        """Finish a replay in flight, then close both stores."""
+        if self._replay is not None:
+            with contextlib.suppress(Exception):
+                await self._replay
+        if self._pending:
+            log.warning("closing with %d budget settlements not applied", len(self._pending))
+        try:
+            await self._primary.aclose()
+        finally:
+            await self._fallback.aclose()
+
+    async def _close(self, reservation: Reservation, used: int | None) -> None:
+        if reservation.origin == FALLBACK_ORIGIN:
+            await self._apply((reservation, used), self._fallback)
+            return
+        try:
+            await self._apply((reservation, used))
+        except StoreUnavailable as exc:
+            self._warn("settle", "budget store unavailable, settlement queued: %s", exc)
+            self._on_error("settle")
+            if len(self._pending) >= self._max_pending:
+                self._pending.popleft()
+                self._warn("drop", "budget settlement queue full, dropping the oldest")
+            self._pending.append((reservation, used))
+            return
+        self._primary_ok()
+
+    async def _apply(self, item: Pending, store: BudgetStore | None = None) -> None:
+        reservation, used = item
+        target = self._primary if store is None else store
+        if used is None:
+            await target.release(reservation)
+        else:
+            await target.settle(reservation, used)
+
+    def _primary_ok(self) -> None:
+        """After a successful primary call: start replaying queued settlements if any."""
+        if self._pending and (self._replay is None or self._replay.done()):
+            self._replay = asyncio.get_running_loop().create_task(self._replay_pending())
+
+    async def _replay_pending(self) -> None:
+        try:
+            left = await self.flush_pending()
+        except Exception:  # never let a background replay crash the loop
+            log.exception("replaying budget settlements failed")
+            return
+        if left == 0:
+            log.info("budget store back: queued settlements applied")
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        """``log.warning`` at most once per ``LOG_EVERY_S`` for each ``kind``."""
+        now = self._clock()
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < LOG_EVERY_S:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._logged_at[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        log.warning(message, *args)

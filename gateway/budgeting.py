@@ -1,0 +1,157 @@
+"""Tenant budgets on the request path: who is calling, reserve their worst case, settle.
+
+The store decides (``budgets.ledger``); this module turns its answers into HTTP: 401 for an
+unknown key, 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers, and the same
+headers on every admitted response. ``settle`` runs exactly once per request, from whichever
+cleanup path ends it, and is shielded from cancellation so a leaving client cannot leak its
+reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import uuid
+from collections.abc import Mapping
+
+from budgets.failover import FailoverStore
+from budgets.ledger import BudgetStore, Denied, Quota, StoreUnavailable
+from budgets.memory_store import MemoryStore
+from budgets.redis_store import RedisStore
+from budgets.tenants import Tenant, TenantDirectory
+from gateway.context import RequestContext
+from gateway.errors import AuthenticationFailed, BudgetStoreUnavailable, RateLimited
+from metrics.registry import Metrics
+from routing.config import DeliberateConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_store(config: DeliberateConfig, redis_url: str | None, metrics: Metrics) -> BudgetStore:
+    """In memory by default; Redis (with the configured fail mode) when a URL is given."""
+    if not redis_url:
+        return MemoryStore()
+    primary = RedisStore.from_url(redis_url, prefix=config.budget_store.key_prefix)
+    return FailoverStore(
+        primary,
+        MemoryStore(origin="fallback"),
+        fail_open=config.budget_store.fail_mode == "open",
+        on_error=lambda op: metrics.store_errors.labels(op).inc(),
+    )
+
+
+def format_reset(seconds: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, secs = divmod(math.ceil(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+def ratelimit_headers(quotas: tuple[Quota, ...]) -> dict[str, str]:
+    """OpenAI's six headers, from the tightest limit of each kind (least remaining)."""
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        mine = [q for q in quotas if q.kind == kind]
+        if not mine:
+            continue
+        q = min(mine, key=lambda x: (x.remaining, x.window != "minute"))
+        headers[f"x-ratelimit-limit-{kind}"] = str(q.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(q.remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = format_reset(q.reset_s)
+    return headers
+
+
+class BudgetService:
+    """Tenants of the loaded config and the store that counts what they spend."""
+
+    def __init__(
+        self,
+        config: DeliberateConfig,
+        store: BudgetStore,
+        metrics: Metrics,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.tenants = TenantDirectory.build(config.tenants, os.environ if env is None else env)
+        for warning in self.tenants.warnings:
+            log.warning("config: %s", warning)
+        self._in_flight = 0
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        tenant = self.tenants.authenticate(authorization)
+        if tenant is None:
+            what = "no API key was given" if not authorization else "the API key is not valid"
+            raise AuthenticationFailed(
+                f"{what}; send `Authorization: Bearer <key>` with a key configured for a tenant"
+            )
+        return tenant
+
+    async def reserve(self, tenant: Tenant, tokens: int, ctx: RequestContext) -> None:
+        """Hold ``tokens`` of the tenant's budget for this request, or raise 429/503."""
+        if not tenant.limits.limits:
+            return
+        try:
+            result = await self.store.reserve(tenant.limits, tokens, uuid.uuid4().hex)
+        except StoreUnavailable as e:
+            raise BudgetStoreUnavailable(
+                "the budget store is unreachable and this gateway is configured to fail closed",
+                headers={"retry-after": "1"},
+            ) from e
+        if isinstance(result, Denied):
+            raise self._denied(result, tokens)
+        ctx.reservation = result.reservation
+        ctx.extra_headers.update(ratelimit_headers(result.quotas))
+        self._in_flight += 1
+        self.metrics.reservations_in_flight.set(self._in_flight)
+
+    def _denied(self, denied: Denied, tokens: int) -> RateLimited:
+        q = denied.blocking
+        headers = ratelimit_headers(denied.quotas)
+        if denied.retry_after_s is None:
+            return RateLimited(
+                f"this request may use up to {tokens} tokens (prompt + max tokens), more than "
+                f"the tenant's whole budget of {q.limit} tokens per {q.window}; "
+                "lower max_completion_tokens / max_tokens",
+                param="max_completion_tokens",
+                code="request_too_large",
+                headers=headers,
+            )
+        headers["retry-after"] = str(max(1, math.ceil(denied.retry_after_s)))
+        if q.kind == "requests":
+            what = f"request limit of {q.limit} per {q.window} reached"
+        else:
+            what = (
+                f"token budget: this request may use up to {tokens} tokens and "
+                f"{q.remaining} of {q.limit} per {q.window} are left"
+            )
+        return RateLimited(
+            f"rate limit exceeded ({what}); retry after {headers['retry-after']} s",
+            headers=headers,
+        )
+
+    async def settle(self, ctx: RequestContext) -> None:
+        """Charge what the request used (release if nothing is known to have been used).
+        Idempotent, and it completes even if the caller is being cancelled."""
+        reservation, ctx.reservation = ctx.reservation, None
+        if reservation is None:
+            return
+        used = ctx.usage.prompt + ctx.usage.completion
+        self._in_flight -= 1
+        self.metrics.reservations_in_flight.set(self._in_flight)
+        if used:
+            self.metrics.settled_tokens.inc(used)
+            op = self.store.settle(reservation, used)
+        else:
+            op = self.store.release(reservation)
+        try:
+            await asyncio.shield(op)
+        except StoreUnavailable:
+            log.warning("budget store: could not settle reservation of %s", reservation.tenant)
+            self.metrics.store_errors.labels("settle").inc()

@@ -143,6 +143,14 @@ class BudgetService:
         if reservation is None:
             return
         used = ctx.usage.prompt + ctx.usage.completion
+        log.debug(
+            "request %s: %s %d of %d reserved tokens (outcome %s)",
+            ctx.request_id,
+            "settling" if used else "releasing",
+            used,
+            reservation.tokens,
+            ctx.outcome,
+        )
         self._in_flight -= 1
         self.metrics.reservations_in_flight.set(self._in_flight)
         if used:

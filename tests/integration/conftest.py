@@ -103,14 +103,25 @@ def gateway_config(
 
 
 @contextlib.contextmanager
-def running_gateway(config: Path, log_dir: Path) -> Iterator[str]:
+def running_gateway(
+    config: Path, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """A real gateway process (`python -m gateway serve`) on a free port; yields its URL.
 
     On exit the gateway must not have logged a traceback.
     """
+    with gateway_process(config, log_dir, env) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def gateway_process(
+    config: Path, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like ``running_gateway``, also yielding the process (to signal it)."""
     port = free_port()
-    log_path = log_dir / "gateway.log"
-    env = {**os.environ, "DELIBERATE_LOG_LEVEL": "warning"}
+    log_path = log_dir / f"gateway-{port}.log"
+    full_env = {**os.environ, "DELIBERATE_LOG_LEVEL": "warning", **(env or {})}
     cmd = [
         sys.executable,
         "-m",
@@ -124,7 +135,7 @@ def running_gateway(config: Path, log_dir: Path) -> Iterator[str]:
         str(port),
     ]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -139,11 +150,12 @@ def running_gateway(config: Path, log_dir: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"gateway did not become healthy:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
         text = log_path.read_text(errors="replace")

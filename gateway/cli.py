@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from budgets.tenants import TenantDirectory
 from gateway import localbackend as lb
 from gateway.settings import Settings
 from routing.loader import ConfigError, ConfigUnreadable, load_config
@@ -70,6 +72,8 @@ def _check(path: Path) -> None:
         raise typer.Exit(1) from e
     for warning in clashes(cfg):
         print(f"{path}:{warning} (warning)", file=sys.stderr)  # noqa: T201
+    for warning in TenantDirectory.build(cfg.tenants, os.environ).warnings:
+        print(f"{path}:tenants: {warning} (warning)", file=sys.stderr)  # noqa: T201
 
 
 @app.command("check-config")

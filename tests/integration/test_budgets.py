@@ -302,3 +302,51 @@ def test_redis_outage(
         assert after.status_code == 200  # reconnected by itself
         charged = ok.json()["usage"]["total_tokens"] + after.json()["usage"]["total_tokens"]
         assert committed(url_redis, prefix, "day") == charged
+
+
+def vllm_requests(backend_url: str) -> float:
+    """vLLM's count of finished requests (any reason)."""
+    text = httpx.get(backend_url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total")
+    )
+
+
+def test_admission_steps_down_on_slo_and_rejects_on_kv(tmp_path: Path, backend_url: str) -> None:
+    config = yaml.safe_load(write_config(tmp_path, backend_url, "unused").read_text())
+    del config["tenants"], config["budget_store"]
+    best = config["routes"][1]
+    best["slo"] = {"ttft_ms": 1}  # no sampling route can promise a 1 ms first token
+    best["downgrade_to"] = "single-pass"
+    slo_path = tmp_path / "slo.yaml"
+    slo_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with gateway_process(slo_path, tmp_path) as (url, _):
+        r = httpx.post(
+            url + "/v1/chat/completions", json={**SHORT, "model": "best-of-n"}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-deliberate-route"] == "single-pass"
+        assert r.headers["x-deliberate-requested-route"] == "best-of-n"
+        assert r.headers["x-deliberate-downgrade"].startswith("slo:ttft_ms=")
+        body = r.json()
+        assert body["deliberate"]["requested_route"] == "best-of-n"
+        assert body["choices"][0]["message"]["content"]  # served by the real backend
+        assert (
+            'deliberate_admission_downgrades_total{cause="slo"' in httpx.get(url + "/metrics").text
+        )
+
+    # A KV cache of 200 tokens (vs vLLM's real 93k) cannot hold any request: 503, nothing sent.
+    config["backends"][0]["kv"] = {"capacity_tokens": 200, "ceiling": 0.9}
+    kv_path = tmp_path / "kv.yaml"
+    kv_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with gateway_process(kv_path, tmp_path) as (url, _):
+        before = vllm_requests(backend_url)
+        r = httpx.post(
+            url + "/v1/chat/completions", json={**SHORT, "model": "best-of-n"}, timeout=60
+        )
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "overloaded"
+        assert "kv:" in r.json()["error"]["message"] and r.headers["retry-after"] == "2"
+        assert vllm_requests(backend_url) == before

@@ -195,3 +195,22 @@ def test_cli_check_config_exit_codes(tmp_path: Path) -> None:
     )
     r = runner.invoke(app, ["check-config", str(tmp_path / "nope.yaml")])
     assert r.exit_code == 2 and "cannot read" in r.stderr
+
+
+def test_budgets_demo_example() -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "examples" / "budgets-demo.yaml")
+    (demo,) = cfg.tenants
+    assert (demo.name, demo.key_env, demo.tokens_per_minute) == (
+        "demo",
+        "DELIBERATE_DEMO_KEY",
+        3000,
+    )
+    assert [r.name for r in cfg.ladder("prm-search")] == [
+        "prm-search",
+        "best-of-n",
+        "bounded-reasoning",
+        "single-pass",
+    ]
+    assert cfg.pool("default").kv.shape is not None
+    assert cfg.pool("default").kv.shape.kv_bytes_per_token == 23040

@@ -121,6 +121,14 @@ def worst_case_tokens(prompt_tokens: int, shape: CostShape, n: int = 1) -> int:
     return prompt_tokens + n * shape.generated_tokens
 
 
+def expected_tokens(
+    prompt_tokens: int, shape: CostShape, mean_fill: float = 0.5, n: int = 1
+) -> int:
+    """A typical charge: the prompt plus ``mean_fill`` of what the route may generate (answers
+    usually stop before their cap). Calibration replaces the default fill with measured means."""
+    return prompt_tokens + round(n * shape.generated_tokens * mean_fill)
+
+
 def kv_tokens(prompt_tokens: int, shape: CostShape, *, shared: bool = True) -> int:
     """KV-cache tokens held at peak: the prompt once plus every continuation when the prefix
     is shared (one n=N request, prefix caching), else a full copy per sequence."""
@@ -175,6 +183,8 @@ def summary(prompt_tokens: int, shape: CostShape, bytes_per_token: float | None)
     out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "generated_tokens_max": shape.generated_tokens,
+        "tokens_expected": expected_tokens(prompt_tokens, shape),
+        "tokens_worst_case": worst_case_tokens(prompt_tokens, shape),
         "parallel_sequences": shape.parallel,
         "kv_tokens_shared": kv_tokens(prompt_tokens, shape),
         "kv_tokens_unshared": kv_tokens(prompt_tokens, shape, shared=False),

@@ -11,10 +11,12 @@ from budgets.admission import Admit, Downgrade, Reject, RungCheck, admit, check_
 from budgets.estimates import (
     PoolLoad,
     cost_shape,
+    expected_tokens,
     kv_bytes,
     kv_tokens,
     predict_ttft_s,
     queue_s,
+    summary,
     worst_case_tokens,
 )
 from budgets.ledger import Quota
@@ -112,6 +114,10 @@ def test_worst_case_counts_every_choice(cfg: DeliberateConfig) -> None:
     s = cost_shape(cfg.route("single"), 50)
     assert worst_case_tokens(100, s) == 150
     assert worst_case_tokens(100, s, n=3) == 250
+    assert expected_tokens(100, s) == 125 <= worst_case_tokens(100, s)
+    out = summary(1000, cost_shape(cfg.route("bon")), 23040)
+    assert out["kv_bytes_unshared"] / out["kv_bytes_shared"] == pytest.approx(9600 / 2600)
+    assert out["tokens_worst_case"] == 1000 + 1200
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from strategies.refine import RefineParams
 
 @dataclass(frozen=True, slots=True)
 class CostShape:
-    """How a route spends tokens, before its budget caps."""
+    """How a route spends tokens for one request."""
 
     parallel: int
     """Sequences decoding at once (candidates of one n=N call, beams x branches)."""
@@ -32,10 +32,18 @@ class CostShape:
     """Tokens decoded one after another before the first visible token exists."""
     generated_tokens: int
     """All tokens the strategy may generate (visible + hidden)."""
+    calls: int = 1
+    """Backend calls at most (generation, judges, PRM scoring); each one sends a prompt."""
+    prompt_growth: int = 0
+    """Tokens a later call's prompt may carry beyond the client's (partial answers, critiques)."""
 
 
-def _sampling(p: SamplingParams, n: int, waves: int = 1) -> CostShape:
-    return CostShape(n, p.max_tokens, waves * p.max_tokens, n * waves * p.max_tokens)
+def _sampling(p: SamplingParams, n: int, visible: int) -> CostShape:
+    judged = getattr(p, "verifier", None) == "logprob-judge" and getattr(p, "selector", "") in (
+        "verifier",
+        "weighted",
+    )
+    return CostShape(n, visible, visible, n * visible, 1 + (n if judged else 0), visible)
 
 
 def _shape_single(route: Route, visible: int) -> CostShape:
@@ -45,29 +53,33 @@ def _shape_single(route: Route, visible: int) -> CostShape:
 def _shape_best_of_n(route: Route, visible: int) -> CostShape:
     p = route.params
     assert isinstance(p, SamplingParams)
-    return _sampling(p, getattr(p, "n", 1))
+    return _sampling(p, getattr(p, "n", 1), visible)
 
 
 def _shape_adaptive(route: Route, visible: int) -> CostShape:
     p = route.params
     assert isinstance(p, AdaptiveConsistencyParams)
-    return CostShape(
-        max(p.waves), p.max_tokens, len(p.waves) * p.max_tokens, sum(p.waves) * p.max_tokens
-    )
+    waves = len(p.waves)
+    return CostShape(max(p.waves), visible, waves * visible, sum(p.waves) * visible, waves)
 
 
 def _shape_bounded(route: Route, visible: int) -> CostShape:
     p = route.params
     assert isinstance(p, BoundedReasoningParams)
     think = max([p.budget, *p.effort_budgets.values()])
-    return CostShape(1, think + p.max_tokens, think, think + p.max_tokens)
+    if route.budget.max_hidden_tokens is not None:
+        think = min(think, route.budget.max_hidden_tokens)
+    return CostShape(1, think + visible, think, think + visible, 2, think)
 
 
 def _shape_refine(route: Route, visible: int) -> CostShape:
     p = route.params
     assert isinstance(p, RefineParams)
-    path = p.max_tokens + p.rounds * (p.critique_max_tokens + p.max_tokens)
-    return CostShape(1, max(p.max_tokens, p.critique_max_tokens), path, path)
+    path = visible + p.rounds * (p.critique_max_tokens + visible)
+    scoring = 1 + p.rounds if p.verifier == "logprob-judge" else 0
+    calls = 1 + 2 * p.rounds + scoring
+    growth = visible + p.critique_max_tokens
+    return CostShape(1, max(visible, p.critique_max_tokens), path, path, calls, growth)
 
 
 def _shape_prm(route: Route, visible: int) -> CostShape:
@@ -75,7 +87,13 @@ def _shape_prm(route: Route, visible: int) -> CostShape:
     assert isinstance(p, PrmSearchParams)
     parallel = p.beam_width * p.branch_factor
     path = p.max_steps * p.max_tokens + p.completion_max_tokens
-    return CostShape(parallel, path, path, parallel * p.max_steps * p.max_tokens)
+    expansions = p.max_steps * p.beam_width
+    scoring = p.max_steps if p.scorer == "prm" else 0
+    if p.scorer == "logprob-judge":
+        scoring = expansions * p.branch_factor
+    growth = p.max_steps * p.max_tokens
+    generated = parallel * p.max_steps * p.max_tokens + p.completion_max_tokens
+    return CostShape(parallel, path, path, generated, expansions + 1 + scoring, growth)
 
 
 SHAPES: dict[str, Callable[[Route, int], CostShape]] = {
@@ -89,36 +107,70 @@ SHAPES: dict[str, Callable[[Route, int], CostShape]] = {
 }
 
 
-def generation_cap(route: Route, client_cap: int | None, room: int | None) -> int | None:
-    """Tokens the request may generate: the route's caps, the client's
-    ``max_completion_tokens`` (visible + hidden) and the context's room, whichever is least."""
-    caps = [x for x in (route.budget.generation_limit(), client_cap, room) if x is not None]
+def visible_cap(route: Route, client_max_tokens: int | None) -> int:
+    """Tokens one candidate (the answer) may have: the client's ``max_tokens`` or the
+    route's default, clipped to ``max_visible_tokens``."""
+    default = getattr(route.params, "max_tokens", None) or 256
+    visible = client_max_tokens or default
+    if route.budget.max_visible_tokens is not None:
+        visible = min(visible, route.budget.max_visible_tokens)
+    return visible
+
+
+def generation_cap(
+    route: Route, client_cap: int | None, room: int | None, visible: int
+) -> int | None:
+    """Tokens the request may generate: the route's caps (``max_hidden_tokens`` + the answer's
+    cap), the client's ``max_completion_tokens`` and the context's room, whichever is least."""
+    b = route.budget
+    caps = [x for x in (b.max_total_tokens, client_cap, room) if x is not None]
+    if b.max_hidden_tokens is not None:
+        caps.append(b.max_hidden_tokens + visible)
     return min(caps) if caps else None
 
 
-def cost_shape(route: Route, client_cap: int | None = None, room: int | None = None) -> CostShape:
-    """The route's shape with its budget caps (and the client's cap) applied."""
+def cost_shape(
+    route: Route,
+    client_cap: int | None = None,
+    room: int | None = None,
+    client_max_tokens: int | None = None,
+) -> CostShape:
+    """The route's shape for one request, with its caps and the client's applied.
+
+    ``client_cap`` is the client's bound on everything generated (``max_completion_tokens``;
+    on single-pass also ``max_tokens``), ``client_max_tokens`` its bound on one candidate.
+    """
     b = route.budget
-    default_visible = getattr(route.params, "max_tokens", None) or 256
-    visible = min(x for x in (default_visible, b.max_visible_tokens, client_cap, room) if x)
+    visible = visible_cap(route, client_max_tokens)
+    if room is not None:
+        visible = min(visible, room)
+    if route.strategy == "single-pass" and client_cap is not None:
+        visible = min(visible, client_cap)
     raw = SHAPES[route.strategy](route, visible)
     parallel = min(raw.parallel, b.max_candidates or raw.parallel)
-    cap = generation_cap(route, client_cap, room)
-    generated = raw.generated_tokens if cap is None else min(raw.generated_tokens, cap)
-    if route.strategy == "single-pass":
-        generated = cap if cap is not None else raw.generated_tokens
+    calls = min(raw.calls, b.max_backend_calls or raw.calls)
+    generated = raw.generated_tokens
+    if b.max_candidates is not None:
+        generated = min(generated, b.max_candidates * raw.per_sequence_tokens)
+    cap = generation_cap(route, client_cap, room, visible)
+    if cap is not None:
+        generated = min(generated, cap)
     return CostShape(
         parallel=parallel,
         per_sequence_tokens=min(raw.per_sequence_tokens, generated),
         critical_path_tokens=min(raw.critical_path_tokens, generated),
         generated_tokens=generated,
+        calls=calls,
+        prompt_growth=min(raw.prompt_growth, generated),
     )
 
 
 def worst_case_tokens(prompt_tokens: int, shape: CostShape, n: int = 1) -> int:
-    """What a tenant is charged at most for one request (prompt + everything generated);
-    ``n`` choices of a single-pass request each generate up to the cap."""
-    return prompt_tokens + n * shape.generated_tokens
+    """What a tenant is charged at most for one request: every call's prompt (the client's,
+    plus what later calls carry) and everything generated; ``n`` choices of a single-pass
+    request each generate up to the cap."""
+    later = (shape.calls - 1) * shape.prompt_growth
+    return shape.calls * prompt_tokens + later + n * shape.generated_tokens
 
 
 def expected_tokens(
@@ -126,7 +178,7 @@ def expected_tokens(
 ) -> int:
     """A typical charge: the prompt plus ``mean_fill`` of what the route may generate (answers
     usually stop before their cap). Calibration replaces the default fill with measured means."""
-    return prompt_tokens + round(n * shape.generated_tokens * mean_fill)
+    return shape.calls * prompt_tokens + round(n * shape.generated_tokens * mean_fill)
 
 
 def kv_tokens(prompt_tokens: int, shape: CostShape, *, shared: bool = True) -> int:

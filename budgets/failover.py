@@ -135,6 +135,9 @@ class FailoverStore:
             with contextlib.suppress(Exception):
                 await self._replay
         if self._pending:
+            with contextlib.suppress(Exception):
+                await self.flush_pending()  # one last try before giving up on them
+        if self._pending:
             log.warning("closing with %d budget settlements not applied", len(self._pending))
         try:
             await self._primary.aclose()

@@ -81,6 +81,8 @@ def create_app(
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            # Requests cancelled at the end of a drain are still settling: let them finish.
+            await app.state.services.budgets.drain(timeout_s=5.0)
             await asyncio.gather(*(p.client.aclose() for p in pools.values()))
             await store.aclose()
 

@@ -15,9 +15,10 @@ import math
 import os
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from budgets.failover import FailoverStore
-from budgets.ledger import BudgetStore, Denied, Quota, StoreUnavailable
+from budgets.ledger import BudgetStore, Denied, Granted, Quota, StoreUnavailable
 from budgets.memory_store import MemoryStore
 from budgets.redis_store import RedisStore
 from budgets.tenants import Tenant, TenantDirectory
@@ -83,6 +84,7 @@ class BudgetService:
         for warning in self.tenants.warnings:
             log.warning("config: %s", warning)
         self._in_flight = 0
+        self._background: set[asyncio.Future[Any]] = set()
 
     def authenticate(self, authorization: str | None) -> Tenant:
         tenant = self.tenants.authenticate(authorization)
@@ -97,8 +99,15 @@ class BudgetService:
         """Hold ``tokens`` of the tenant's budget for this request, or raise 429/503."""
         if not tenant.limits.limits:
             return
+        job = asyncio.ensure_future(self.store.reserve(tenant.limits, tokens, uuid.uuid4().hex))
         try:
-            result = await self.store.reserve(tenant.limits, tokens, uuid.uuid4().hex)
+            # Shielded: a client leaving mid-reserve must not strand a reservation the store
+            # already committed; it is released as soon as the answer arrives.
+            result = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            self._background.add(job)
+            job.add_done_callback(self._release_orphan)
+            raise
         except StoreUnavailable as e:
             raise BudgetStoreUnavailable(
                 "the budget store is unreachable and this gateway is configured to fail closed",
@@ -110,6 +119,25 @@ class BudgetService:
         ctx.extra_headers.update(ratelimit_headers(result.quotas))
         self._in_flight += 1
         self.metrics.reservations_in_flight.set(self._in_flight)
+
+    def _release_orphan(self, job: asyncio.Future[Granted | Denied]) -> None:
+        self._background.discard(job)
+        if job.cancelled() or job.exception() is not None:
+            return
+        result = job.result()
+        if isinstance(result, Granted):
+            task = asyncio.ensure_future(self.store.release(result.reservation))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for settlements still running, e.g. of requests cancelled at
+        shutdown, so the store is not closed under them."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (self._in_flight or self._background) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
 
     def _denied(self, denied: Denied, tokens: int) -> RateLimited:
         q = denied.blocking

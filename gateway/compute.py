@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from budgets.estimates import generation_cap, visible_cap
 from gateway.backends.generator import VLLMGenerator
 from gateway.backends.pool import Pool
 from gateway.backends.prm import PrmVerifier
@@ -98,13 +99,18 @@ def build_strategy(route: Route, pools: Mapping[str, Pool], request_id: str) -> 
     return STRATEGIES[route.strategy].build(params)
 
 
-def route_budget(route: Route, payload: dict[str, Any]) -> TokenBudget:
-    """The route's caps, lowered by the client's ``max_completion_tokens`` (visible + hidden)."""
+def route_budget(
+    route: Route, payload: dict[str, Any], total_limit: int | None = None
+) -> TokenBudget:
+    """The route's caps, lowered by the client's ``max_completion_tokens`` (visible + hidden);
+    ``total_limit`` (prompt + generated) is the tenant reservation, when there is one."""
     b = route.budget
     client = payload.get("max_completion_tokens")
-    limits = [x for x in (b.generation_limit(), client) if isinstance(x, int)]
+    max_tokens = payload.get("max_tokens")
+    visible = visible_cap(route, max_tokens if isinstance(max_tokens, int) else None)
     return TokenBudget(
-        min(limits) if limits else None,
+        generation_cap(route, client if isinstance(client, int) else None, None, visible),
+        total_limit=total_limit,
         hidden_limit=b.max_hidden_tokens,
         max_calls=b.max_backend_calls,
         max_candidates=b.max_candidates,
@@ -121,7 +127,8 @@ async def run_route(
     """Run the route's strategy under its caps and deadline; record usage on ``ctx``."""
     pool = pools[route.backend]
     strategy = build_strategy(route, pools, ctx.request_id)
-    budget = route_budget(route, payload)
+    reserved = ctx.reservation.tokens if ctx.reservation is not None else None
+    budget = route_budget(route, payload, reserved)
     sctx = StrategyContext(
         BudgetGuard(VLLMGenerator(pool, ctx.request_id), budget),
         budget,
@@ -140,10 +147,10 @@ async def run_route(
             f"{route.budget.deadline_s}s before any answer existed"
         ) from e
     except BudgetExhausted as e:
-        raise InvalidRequest(
-            f"route {route.name!r} ran out of its {e} cap before any answer existed; "
-            "raise the cap in the route's budget or lower the request's",
-            code="budget_exhausted",
+        raise DeliberateError(
+            f"route {route.name!r} ran out of its {e} cap before any answer existed: the "
+            "route's caps are too low for its strategy (see its budget in the policy file)",
+            code="route_caps_too_low",
         ) from e
     if budget.exhausted_by is not None and result.stop_reason == "budget":
         result = replace(result, info={**result.info, "cap": budget.exhausted_by})

@@ -37,6 +37,7 @@ class RequestContext:
     stream_done: bool = False  # the backend's stream was relayed to its end
     tenant: str | None = None
     reservation: Reservation | None = None  # held until settled, exactly once
+    token_ceiling: int | None = None  # worst case of prompt + generated tokens (reserved)
     requested_route: str | None = None  # set when admission stepped the route down
     downgrade_cause: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*

@@ -8,7 +8,8 @@ usage, and drops that final usage event when the client did not ask for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import orjson
 from gateway.backends.upstream import Upstream
 from gateway.context import RequestContext
 from gateway.sse import DONE, EventSplitter, event_data, format_event
+from strategies.base import Deadline
 from strategies.usage import Usage
 
 
@@ -63,16 +65,21 @@ def force_stream_usage(payload: dict[str, Any]) -> bool:
 
 
 async def relay_stream(
-    upstream: Upstream, ctx: RequestContext, *, client_wants_usage: bool
+    upstream: Upstream,
+    ctx: RequestContext,
+    *,
+    client_wants_usage: bool,
+    deadline: Deadline | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield the backend's SSE events as they arrive, noting TTFT and usage on the way.
 
-    A backend failure mid-stream becomes one OpenAI-shaped ``error`` event (the client
-    already has a 200); a client disconnect closes the upstream, which makes vLLM abort.
+    A backend failure mid-stream, or the route's deadline, becomes one OpenAI-shaped
+    ``error`` event (the client already has a 200); a client disconnect closes the upstream,
+    which makes vLLM abort.
     """
     splitter = EventSplitter()
     try:
-        async for chunk in upstream.response.aiter_raw():
+        async for chunk in _until(upstream.response.aiter_raw(), deadline):
             out = [
                 _annotate(e, ctx, client_wants_usage)
                 for e in splitter.feed(chunk)
@@ -84,6 +91,21 @@ async def relay_stream(
         if tail.strip():
             yield tail
         ctx.stream_done = True
+    except TimeoutError:
+        ctx.outcome = "timeout"
+        ctx.stream_done = True
+        yield format_event(
+            orjson.dumps(
+                {
+                    "error": {
+                        "message": "the route's deadline passed mid-stream; the answer is incomplete",
+                        "type": "timeout",
+                        "param": None,
+                        "code": "deadline_exceeded",
+                    }
+                }
+            )
+        )
     except httpx.HTTPError as e:
         ctx.outcome = "backend_error"
         message = f"the backend stopped mid-stream ({type(e).__name__}); the answer is incomplete"
@@ -102,6 +124,22 @@ async def relay_stream(
         )
     finally:
         await upstream.aclose()
+
+
+async def _until(
+    chunks: AsyncIterator[bytes], deadline: Deadline | None
+) -> AsyncGenerator[bytes, None]:
+    """``chunks``, raising ``TimeoutError`` when the next one would come after ``deadline``."""
+    if deadline is None or deadline.at is None:
+        async for chunk in chunks:
+            yield chunk
+        return
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), deadline.remaining_s)
+        except StopAsyncIteration:
+            return
+        yield chunk
 
 
 def _annotate(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bytes:

@@ -7,6 +7,7 @@ its stream) is over.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import AsyncGenerator
@@ -30,12 +31,19 @@ from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
 from gateway.compute import check_request, render_json, render_sse, run_route, stream_route
 from gateway.context import RequestContext
-from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, Overloaded
+from gateway.errors import (
+    BackendTimeout,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+)
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from routing.config import Route
 from routing.loader import format_loc
+from strategies.base import Deadline
 
 Endpoint = Literal["chat", "completions"]
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -86,18 +94,20 @@ async def complete(
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     check_route_serves(requested, endpoint, payload)
 
-    route = admit_route(services, requested, payload, prompt_tokens, ctx)
+    route = admit_route(services, requested, payload, prompt_tokens, ctx, endpoint)
     if route is not requested:
         ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
         check_route_serves(route, endpoint, payload)
         if route.backend != requested.backend:
             pool = services.pools[route.backend]
             prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+    n = 1
+    if route.strategy == "single-pass":
+        apply_single_pass_caps(route, payload, endpoint)
+        n = payload["n"] if isinstance(payload.get("n"), int) else 1
     shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
-    n = payload.get("n") if route.strategy == "single-pass" else 1
-    await services.budgets.reserve(
-        tenant, worst_case_tokens(prompt_tokens, shape, n if isinstance(n, int) else 1), ctx
-    )
+    ctx.token_ceiling = worst_case_tokens(prompt_tokens, shape, n)
+    await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
 
     streaming = bool(payload.get("stream"))
     if route.strategy != "single-pass":
@@ -112,13 +122,21 @@ async def complete(
 
     # single-pass: a faithful pass-through to one replica, bytes relayed as they come.
     payload["model"] = pool.model
-    apply_single_pass_caps(route, payload, endpoint)
     client_wants_usage = force_stream_usage(payload) if streaming else False
-    upstream = await open_upstream(pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id)
-    if streaming:
-        stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage)
-        return Answer(stream=stream, upstream=upstream)
-    return Answer(body=await read_json_body(upstream, ctx))
+    deadline = Deadline.after(route.budget.deadline_s)
+    try:
+        async with asyncio.timeout(deadline.remaining_s):
+            upstream = await open_upstream(
+                pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id
+            )
+            if not streaming:
+                return Answer(body=await read_json_body(upstream, ctx))
+    except TimeoutError as e:
+        raise BackendTimeout(
+            f"route {route.name!r} reached its deadline of {route.budget.deadline_s}s"
+        ) from e
+    stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage, deadline=deadline)
+    return Answer(stream=stream, upstream=upstream)
 
 
 def check_route_serves(route: Route, endpoint: Endpoint, payload: dict[str, Any]) -> None:
@@ -137,13 +155,19 @@ def check_route_serves(route: Route, endpoint: Endpoint, payload: dict[str, Any]
 def request_shape(
     route: Route, payload: dict[str, Any], prompt_tokens: int, max_model_len: int | None
 ) -> CostShape:
-    """The route's cost shape for this request: its caps, the client's cap, the context room."""
+    """The route's cost shape for this request: its caps, the client's, the context room."""
     room = None if max_model_len is None else max(1, max_model_len - prompt_tokens)
+    max_tokens = payload.get("max_tokens")
     if route.strategy == "single-pass":
         cap = completion_cap(payload)
         return cost_shape(route, cap[1] if cap else None, room)
-    client = payload.get("max_completion_tokens")
-    return cost_shape(route, client if isinstance(client, int) else None, room)
+    total = payload.get("max_completion_tokens")
+    return cost_shape(
+        route,
+        total if isinstance(total, int) else None,
+        room,
+        max_tokens if isinstance(max_tokens, int) else None,
+    )
 
 
 def admit_route(
@@ -152,6 +176,7 @@ def admit_route(
     payload: dict[str, Any],
     prompt_tokens: int,
     ctx: RequestContext,
+    endpoint: Endpoint,
 ) -> Route:
     """The route admission lets this request run on now (``requested`` or a cheaper one);
     503 + Retry-After when no rung of the ladder fits."""
@@ -161,6 +186,8 @@ def admit_route(
 
     def check(route: Route) -> RungCheck:
         pool = services.pools[route.backend]
+        if (unfit := unfit_reason(route, endpoint, payload, prompt_tokens, pool)) is not None:
+            return RungCheck(route.name, False, 0.0, None, f"unfit:{unfit}")
         shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
         load = services.scraper.load(route.backend) if services.scraper else None
         return check_rung(route, shape, prompt_tokens, load, pool.config.kv, adm)
@@ -179,13 +206,35 @@ def admit_route(
     return verdict.route
 
 
+def unfit_reason(
+    route: Route, endpoint: Endpoint, payload: dict[str, Any], prompt_tokens: int, pool: Pool
+) -> str | None:
+    """Why a lower rung could not serve this request at all (so admission skips it)."""
+    try:
+        check_route_serves(route, endpoint, payload)
+    except InvalidRequest as e:
+        return e.param or "request"
+    if pool.max_model_len is not None and prompt_tokens >= pool.max_model_len:
+        return "context"
+    return None
+
+
 def apply_single_pass_caps(route: Route, payload: dict[str, Any], endpoint: Endpoint) -> None:
-    """Clip the client's completion cap to the route's (``max_tokens`` sent = what is left)."""
+    """Cut the client's completion cap to the route's (the ``max_tokens`` sent to vLLM is
+    what the budget allows); with ``n`` choices the total is shared between them."""
     b = route.budget
-    caps = [x for x in (b.generation_limit(), b.max_visible_tokens) if x is not None]
+    n = payload.get("n") if isinstance(payload.get("n"), int) else 1
+    assert isinstance(n, int)
+    if b.max_candidates is not None and n > b.max_candidates:
+        raise InvalidRequest(
+            f"n={n} exceeds route {route.name!r}'s max_candidates of {b.max_candidates}",
+            param="n",
+        )
+    caps = [x // max(n, 1) for x in (b.max_total_tokens,) if x is not None]
+    caps += [x for x in (b.max_visible_tokens,) if x is not None]
     if not caps:
         return
-    limit = min(caps)
+    limit = max(1, min(caps))
     keys = [k for k in ("max_completion_tokens", "max_tokens") if isinstance(payload.get(k), int)]
     if endpoint == "completions":
         keys = ["max_tokens"]

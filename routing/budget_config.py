@@ -29,7 +29,10 @@ class RouteBudget(_Strict):
     max_hidden_tokens: int | None = Field(
         None,
         ge=0,
-        description="Generated tokens not returned (thinking, extra candidates, critiques, judges).",
+        description=(
+            "Generated tokens not returned (thinking, extra candidates, critiques, judges): a "
+            "thinking budget is cut to it, and a request generates at most this plus its answer's cap."
+        ),
     )
     max_candidates: int | None = Field(
         None, ge=1, description="Sampled candidates (sum of n over all backend calls)."
@@ -38,13 +41,6 @@ class RouteBudget(_Strict):
         None, ge=1, description="Generation calls to the backend (strategy and judges)."
     )
     deadline_s: float | None = Field(None, gt=0, description="Wall time per request.")
-
-    def generation_limit(self) -> int | None:
-        """Generated tokens the request may spend: the total cap, and hidden + visible."""
-        limits = [x for x in (self.max_total_tokens,) if x is not None]
-        if self.max_hidden_tokens is not None and self.max_visible_tokens is not None:
-            limits.append(self.max_hidden_tokens + self.max_visible_tokens)
-        return min(limits) if limits else None
 
 
 class RouteSlo(_Strict):

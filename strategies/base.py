@@ -51,6 +51,9 @@ class TokenBudget:
 
     limit: int | None = None
     spent: Usage = Usage()
+    total_limit: int | None = None
+    """Prompt + generated tokens of all calls (a tenant's reservation); a call's prompt is
+    only known after it, so the last call may pass it by its prompt."""
     hidden_limit: int | None = None
     max_calls: int | None = None
     max_candidates: int | None = None
@@ -64,15 +67,32 @@ class TokenBudget:
             return "backend_calls"
         if self.max_candidates is not None and self.candidates >= self.max_candidates:
             return "candidates"
-        if self.limit is not None and self.spent.completion >= self.limit:
+        if self.remaining == 0:
             return "tokens"
         return None
 
     @property
     def remaining(self) -> int | None:
-        if self.exhausted_by in ("backend_calls", "candidates"):
+        """Tokens that may still be generated (0 when out of calls or candidates)."""
+        if self.max_calls is not None and self.calls >= self.max_calls:
             return 0
-        return None if self.limit is None else max(0, self.limit - self.spent.completion)
+        if self.max_candidates is not None and self.candidates >= self.max_candidates:
+            return 0
+        left = [
+            x
+            for x in (
+                None if self.limit is None else self.limit - self.spent.completion,
+                None
+                if self.total_limit is None
+                else self.total_limit - self.spent.prompt - self.spent.completion,
+            )
+            if x is not None
+        ]
+        return max(0, min(left)) if left else None
+
+    @property
+    def calls_left(self) -> int | None:
+        return None if self.max_calls is None else max(0, self.max_calls - self.calls)
 
     @property
     def candidates_left(self) -> int | None:

@@ -401,10 +401,21 @@ class PrmSearch:
 
     def _fund(self, beams: list[Beam], ctx: StrategyContext) -> list[Beam]:
         """The frontier beams the budget can expand, best first when it cannot fund all."""
-        remaining = ctx.budget.remaining
-        if remaining is None:
+        budget, bf = ctx.budget, self.params.branch_factor
+        fits = [
+            x
+            for x in (
+                None
+                if budget.remaining is None
+                else budget.remaining // (bf * self.params.max_tokens),
+                budget.calls_left,  # one call per beam at most (beams sharing a prefix share it)
+                None if budget.candidates_left is None else budget.candidates_left // bf,
+            )
+            if x is not None
+        ]
+        if not fits:
             return beams
-        fit = remaining // (self.params.branch_factor * self.params.max_tokens)
+        fit = min(fits)
         return beams if fit >= len(beams) else sorted(beams, key=lambda b: -b.score)[:fit]
 
     def _messages(self, request: StrategyRequest, prefix: str) -> list[Message]:

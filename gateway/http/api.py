@@ -106,12 +106,14 @@ class RelayResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._answer.aclose()
-            if not self._ctx.stream_done and self._ctx.outcome == "ok":
-                self._ctx.outcome = "cancelled"  # the client left before the end
-            await self._services.budgets.settle(self._ctx)
-            if (rec := self._ctx.finish()) is not None:
-                self._services.metrics.record(rec)
+            try:
+                await self._answer.aclose()
+            finally:
+                if not self._ctx.stream_done and self._ctx.outcome == "ok":
+                    self._ctx.outcome = "cancelled"  # the client left before the end
+                await self._services.budgets.settle(self._ctx)
+                if (rec := self._ctx.finish()) is not None:
+                    self._services.metrics.record(rec)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

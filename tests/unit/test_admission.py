@@ -81,7 +81,7 @@ def test_kv_bytes_per_token_of_smollm2() -> None:
         ("think", None, None, 1, 512 + 128, 512, 512 + 128),
         ("bon", None, None, 8, 200, 200, 1200),  # 8 x 200 = 1600 capped at 1200
         ("bon", 400, None, 8, 200, 200, 400),  # the client's max_completion_tokens
-        ("prm", None, None, 8, 200 + 256, 200 + 256, 8 * 4 * 50),
+        ("prm", None, None, 8, 200 + 256, 200 + 256, 8 * 4 * 50 + 256),
     ],
 )
 def test_cost_shapes(
@@ -101,6 +101,42 @@ def test_cost_shapes(
         min(path, generated),
         generated,
     )
+
+
+def test_client_max_tokens_sizes_each_candidate(cfg: DeliberateConfig) -> None:
+    # best-of-n: 8 candidates of the client's 500 tokens, capped by the route's 1200 in total
+    s = cost_shape(cfg.route("bon"), client_max_tokens=500)
+    assert (s.per_sequence_tokens, s.generated_tokens) == (500, 1200)
+    assert cost_shape(cfg.route("bon"), client_max_tokens=10).generated_tokens == 80
+
+
+@pytest.mark.parametrize(
+    ("route", "calls", "growth"),
+    [("single", 1, 0), ("think", 2, 512), ("bon", 1, 200), ("prm", 2 * 4 + 1, 4 * 50)],
+)
+def test_calls_and_prompt_growth(
+    cfg: DeliberateConfig, route: str, calls: int, growth: int
+) -> None:
+    s = cost_shape(cfg.route(route))
+    assert (s.calls, s.prompt_growth) == (calls, growth)
+    # every call sends the prompt; later ones also carry what was generated before
+    assert worst_case_tokens(100, s) == calls * 100 + (calls - 1) * growth + s.generated_tokens
+
+
+def test_caps_shrink_the_shape() -> None:
+    cfg = parse_config(
+        CONFIG.replace(
+            "budget: {max_total_tokens: 1200}",
+            "budget: {max_total_tokens: 1200, max_candidates: 2, max_visible_tokens: 50}",
+        ).replace(
+            "params: {beam_width: 2, branch_factor: 4, max_steps: 4, max_tokens: 50}",
+            "params: {beam_width: 2, branch_factor: 4, max_steps: 4, max_tokens: 50}\n"
+            "    budget: {max_backend_calls: 3}",
+        )
+    )
+    s = cost_shape(cfg.route("bon"), client_max_tokens=500)
+    assert (s.parallel, s.per_sequence_tokens, s.generated_tokens) == (2, 50, 100)
+    assert cost_shape(cfg.route("prm")).calls == 3
 
 
 def test_kv_with_and_without_prefix_sharing(cfg: DeliberateConfig) -> None:

@@ -126,7 +126,7 @@ async def test_kv_pressure_downgrades_along_the_ladder(gateway: Factory, fake: F
     # 4 candidates x 500 tokens on a 10,000-token cache at 0.75 → 0.95 > 0.9: step down.
     fake.replica(A).kv_usage = 0.75
     client, registry = await gateway(budget_config())
-    body = {**CHAT, "model": "best-of-n", "max_tokens": 8}
+    body = {**CHAT, "model": "best-of-n"}
     r = await client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert r.status_code == 200, r.text
     assert r.headers["x-deliberate-route"] == "single-pass"
@@ -161,7 +161,7 @@ async def test_downgraded_stream_reports_it_in_the_last_chunk(
 ) -> None:
     fake.replica(A).kv_usage = 0.75
     client, _ = await gateway(budget_config())
-    body = {**CHAT, "model": "best-of-n", "stream": True, "max_tokens": 8}
+    body = {**CHAT, "model": "best-of-n", "stream": True}
     async with client.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as r:
         text = (await r.aread()).decode()
     assert r.headers["x-deliberate-requested-route"] == "best-of-n"
@@ -169,3 +169,63 @@ async def test_downgraded_stream_reports_it_in_the_last_chunk(
     last = orjson.loads(events[-1])
     assert last["deliberate"]["requested_route"] == "best-of-n"
     assert "usage" not in last  # the client did not ask for usage
+
+
+def capped_config(**budget: Any) -> DeliberateConfig:
+    raw = budget_config().model_dump(mode="json")
+    raw["routes"][0]["budget"] = budget
+    return DeliberateConfig.model_validate(raw)
+
+
+async def test_single_pass_caps_are_shared_by_n_choices(gateway: Factory, fake: FakeVLLM) -> None:
+    client, _ = await gateway(capped_config(max_total_tokens=100, max_candidates=4))
+    r = await client.post(
+        "/v1/chat/completions", json={**CHAT, "n": 4, "max_tokens": 500}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+    assert fake.completions_received()[-1]["max_tokens"] == 25  # 100 tokens over 4 choices
+    r = await client.post("/v1/chat/completions", json={**CHAT, "n": 5}, headers=AUTH)
+    assert "max_candidates" in assert_openai_error(r, 400, "n")["message"]
+
+
+async def test_a_rung_that_cannot_serve_the_request_is_skipped(
+    gateway: Factory, fake: FakeVLLM
+) -> None:
+    raw = budget_config().model_dump(mode="json")
+    raw["routes"][0]["slo"] = {"ttft_ms": 0.001}  # single-pass cannot promise this...
+    raw["routes"][0]["downgrade_to"] = "best-of-n"  # ...and best-of-n cannot serve n=2
+    raw["routes"][1].pop("downgrade_to")
+    client, _ = await gateway(DeliberateConfig.model_validate(raw))
+    r = await client.post("/v1/chat/completions", json={**CHAT, "n": 2}, headers=AUTH)
+    err = assert_openai_error(r, 503)
+    assert "unfit:n" in err["message"] and "slo:" in err["message"]
+
+
+async def test_cancelled_reserve_releases_what_the_store_committed() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from budgets.ledger import Limit, TenantLimits
+    from budgets.memory_store import MemoryStore
+    from budgets.tenants import Tenant
+    from gateway.budgeting import BudgetService
+    from gateway.context import RequestContext
+    from metrics.registry import Metrics
+
+    class SlowStore(MemoryStore):
+        async def reserve(self, *args: Any, **kw: Any) -> Any:
+            result = await super().reserve(*args, **kw)  # committed...
+            await asyncio.sleep(0.2)  # ...but the answer is slow
+            return result
+
+    store = SlowStore()
+    budgets = BudgetService(budget_config(), store, Metrics(CollectorRegistry()))
+    tenant = Tenant("t", TenantLimits("t", (Limit("tokens", "minute", 1000),)))
+    task = asyncio.ensure_future(budgets.reserve(tenant, 300, RequestContext("r")))
+    await asyncio.sleep(0.05)
+    assert await store.committed("t", "minute") == 300
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await budgets.drain(2.0)
+    assert await store.committed("t", "minute") == 0
+    assert store.open_reservations() == 0

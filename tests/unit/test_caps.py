@@ -126,3 +126,25 @@ routes:
     b = route_budget(route, {})
     assert (b.limit, b.hidden_limit, b.max_calls, b.max_candidates) == (400, 300, 2, 4)
     assert route_budget(route, {"max_completion_tokens": 50}).limit == 50
+
+
+@pytest.mark.parametrize("caps", [{"max_calls": 2}, {"max_candidates": 6}])
+async def test_prm_search_distinct_beams_stop_at_caps_with_an_answer(caps: dict[str, int]) -> None:
+    texts = [f"Step: {i} + 1 = {i + 1}\n\n" for i in range(40)]
+    gen = ScriptedGenerator(texts, tokens_per_text=5)
+    ctx = guarded(gen, **caps)
+    params = PrmSearchParams(beam_width=2, branch_factor=2 if "max_calls" in caps else 4)
+    result = await PrmSearch(params).run(Q, ctx)  # no BudgetExhausted escapes
+    assert result.stop_reason in ("budget", "completed") and result.choices[0].text
+    assert len(gen.requests) <= caps.get("max_calls", 99)
+    assert sum(r.n for r in gen.requests) <= caps.get("max_candidates", 99)
+
+
+def test_total_limit_counts_prompts_too() -> None:
+    from strategies.usage import Usage
+
+    b = TokenBudget(limit=1000, total_limit=300)
+    b.charge(Usage(prompt=200, visible=50))
+    assert b.remaining == 50 and b.exhausted_by is None
+    b.charge(Usage(prompt=40, visible=10))
+    assert b.remaining == 0 and b.exhausted_by == "tokens"

@@ -21,6 +21,7 @@ ANONYMOUS = "anonymous"
 class Tenant:
     name: str
     limits: TenantLimits
+    default_route: str | None = None
 
 
 def limits_of(cfg: TenantConfig) -> TenantLimits:
@@ -73,7 +74,7 @@ class TenantDirectory:
                     )
                     continue
                 key_digest = digest(value)
-            entries.append((key_digest, Tenant(cfg.name, limits_of(cfg))))
+            entries.append((key_digest, Tenant(cfg.name, limits_of(cfg), cfg.default_route)))
         return cls(tuple(entries), bool(configs), tuple(warnings))
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
 
@@ -17,12 +18,14 @@ from gateway.backends.scraper import BackendScraper
 from gateway.budgeting import BudgetService, build_store
 from gateway.http.api import router
 from gateway.http.errors import install_error_handlers
+from gateway.policy_state import build_state
+from gateway.reload import ConfigWatcher
 from gateway.services import Services
 from gateway.settings import Settings
 from metrics.registry import Metrics
 from routing.config import BackendPool, DeliberateConfig
 from routing.loader import load_config
-from routing.resolve import RouteTable, clashes
+from routing.resolve import clashes
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,7 @@ def create_app(
         )
         app.state.services = Services(
             settings=settings,
-            config=cfg,
-            routes=RouteTable(cfg),
+            state=build_state(cfg, None if config is not None else settings.config),
             pools=pools,
             metrics=metrics,
             budgets=BudgetService(cfg, store, metrics),
@@ -75,6 +77,11 @@ def create_app(
         await scraper.scrape_once()  # admission starts with live state, not "unknown"
         loops = [asyncio.create_task(p.health_loop()) for p in pools.values()]
         loops.append(asyncio.create_task(scraper.run()))
+        if config is None and settings.reload_interval_s > 0:
+            watcher = ConfigWatcher(settings.config, app.state.services, settings.reload_interval_s)
+            loops.append(asyncio.create_task(watcher.run()))
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.reload)
         try:
             yield
         finally:

@@ -85,6 +85,25 @@ def check_config(
     Console().print(f"{path}: OK")
 
 
+@app.command("config-schema")
+def config_schema(
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the policy file's JSON Schema (for editors: yaml-language-server, VS Code)."""
+    import json
+
+    from routing.config import DeliberateConfig
+
+    schema = DeliberateConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema.setdefault("title", "Deliberate policy file (routes.yaml)")
+    text = json.dumps(schema, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+
+
 @app.command()
 def serve(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None) -> None:
     """Run the gateway (only the gateway; see `deliberate backend` for vLLM)."""
@@ -188,3 +207,122 @@ def backend_status(port: BackendPortOpt = 8000, prm: PrmOpt = False) -> None:
     state = "healthy" if st.healthy else ("running, not healthy" if st.running else "not running")
     Console().print(f"{st.url}: {state} (pid {st.pid}, log {st.log_path}) {st.detail}")
     raise typer.Exit(0 if st.healthy else 1)
+
+
+# --- calibration: `deliberate eval-set` and `deliberate calibrate` ---------------------------
+
+
+@app.command("eval-set")
+def eval_set(
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")] = Path("eval.jsonl"),
+    items: Annotated[int, typer.Option("--items", min=1, help="Number of items.")] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same set).")] = 0,
+    hard_share: Annotated[
+        float, typer.Option("--hard-share", min=0.0, max=1.0, help="Share of hard items.")
+    ] = 0.3,
+) -> None:
+    """Write a labelled eval set (easy and hard exactly-checkable tasks) as JSONL."""
+    from routing.evalset import make_eval_set, write_eval_set
+
+    generated = make_eval_set(items, seed, hard_share)
+    try:
+        write_eval_set(generated, out)
+    except OSError as e:
+        _err().print(f"[red]cannot write {out}: {e.strerror or e}[/red]")
+        raise typer.Exit(2) from e
+    hard = sum(i.difficulty == "hard" for i in generated)
+    Console().print(f"{out}: {len(generated)} items ({hard} hard)")
+
+
+def _csv_list(value: str, what: str) -> list[str]:
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts:
+        _err().print(f"[red]{what}: give at least one, comma-separated[/red]")
+        raise typer.Exit(2)
+    return parts
+
+
+@app.command()
+def calibrate(
+    eval_set: Annotated[Path, typer.Option("--eval-set", help="Labelled eval set (JSONL).")],
+    config: Annotated[Path, typer.Option("--config", help="Policy file to calibrate.")] = Path(
+        "configs/routes.yaml"
+    ),
+    routes: Annotated[
+        str, typer.Option("--routes", help="Comma-separated routes to calibrate.")
+    ] = "single-pass,bounded-reasoning,best-of-n",
+    budgets: Annotated[
+        str, typer.Option("--budgets", help="Comma-separated token budgets to sweep.")
+    ] = "48,96",
+    out: Annotated[Path, typer.Option("--out", help="Output (and cache) directory.")] = Path(
+        "calibration"
+    ),
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests at once.")] = 2,
+    slo_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--slo-ms", min=1.0, help="p95 latency SLO for every route (default: policy)."
+        ),
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Run an eval set through routes × budgets on the live backends; write the evaluation
+    table, plots, the trained predictor and a calibrated policy file (resumable)."""
+    import asyncio
+
+    from gateway.calibrate import run_calibration
+    from routing.calibration import markdown_table
+    from routing.evalset import EvalSetError, load_eval_set
+
+    _check(config)
+    try:
+        items = load_eval_set(eval_set)
+    except OSError as e:
+        _err().print(f"[red]eval set {eval_set}: cannot read: {e.strerror or e}[/red]")
+        raise typer.Exit(2) from e
+    except EvalSetError as e:
+        _err().print(f"[red]eval set: {e}[/red]")
+        raise typer.Exit(2) from e
+    if not items:
+        _err().print(f"[red]eval set {eval_set}: no items[/red]")
+        raise typer.Exit(2)
+    route_names = _csv_list(routes, "--routes")
+    known = [r.name for r in load_config(config).routes]
+    if unknown := [r for r in route_names if r not in known]:
+        _err().print(
+            f"[red]--routes: unknown route(s) {unknown}; routes in {config}: {known}[/red]"
+        )
+        raise typer.Exit(2)
+    try:
+        sweep = [int(b) for b in _csv_list(budgets, "--budgets")]
+    except ValueError as e:
+        _err().print(f"[red]--budgets: integers expected, got {budgets!r}[/red]")
+        raise typer.Exit(2) from e
+    if any(b < 1 for b in sweep):
+        _err().print(f"[red]--budgets: every budget must be >= 1, got {budgets!r}[/red]")
+        raise typer.Exit(2)
+    try:
+        report = asyncio.run(
+            run_calibration(
+                config,
+                items,
+                route_names,
+                sweep,
+                out,
+                concurrency,
+                progress=not no_progress,
+                slo_ms=slo_ms,
+            )
+        )
+    except (ConfigError, ValueError) as e:
+        _err().print(f"[red]calibrate: {e}[/red]")
+        raise typer.Exit(1) from e
+    Console().print(markdown_table(report.cells, report.chosen), markup=False)
+    errors = sum(o.error is not None for o in report.outcomes)
+    Console().print(
+        f"{len(report.outcomes)} outcomes ({report.sent} measured now, {errors} errors); "
+        f"chosen budgets: {report.chosen}\n"
+        f"wrote {out}/eval.md, eval.csv, eval.json, {len(report.plots)} plots, "
+        f"{report.predictor_path or 'no predictor'}, {report.config_path}",
+        markup=False,
+    )

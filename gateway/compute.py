@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from strategies.base import (
     TokenBudget,
 )
 from strategies.best_of_n import DeadlineExceeded
+from strategies.ports import GenChoice
 from strategies.prm_search import PrmSearch, PrmSearchParams
 from strategies.registry import STRATEGIES
 
@@ -123,11 +124,15 @@ async def run_route(
     payload: dict[str, Any],
     ctx: RequestContext,
     note: Callable[[str], None] | None = None,
+    seeds: tuple[GenChoice, ...] = (),
 ) -> StrategyResult:
-    """Run the route's strategy under its caps and deadline; record usage on ``ctx``."""
+    """Run the route's strategy under its caps and deadline; record usage on ``ctx``.
+    ``seeds``: answers already generated for the request (a cascade's first answer)."""
     pool = pools[route.backend]
     strategy = build_strategy(route, pools, ctx.request_id)
-    reserved = ctx.reservation.tokens if ctx.reservation is not None else None
+    reserved = None
+    if ctx.reservation is not None:  # what is left of it (a cascade's second run)
+        reserved = max(0, ctx.reservation.tokens - ctx.usage.prompt - ctx.usage.completion)
     budget = route_budget(route, payload, reserved)
     sctx = StrategyContext(
         BudgetGuard(VLLMGenerator(pool, ctx.request_id), budget),
@@ -136,7 +141,7 @@ async def run_route(
     )
     if note is not None:
         sctx.note = note
-    request = strategy_request(payload)
+    request = replace(strategy_request(payload), seeds=seeds)
     if (visible := route.budget.max_visible_tokens) is not None:
         request = replace(request, max_tokens=min(request.max_tokens or visible, visible))
     try:
@@ -247,24 +252,22 @@ async def render_sse(
     ctx.stream_done = True
 
 
+Runner = Callable[[Callable[[str], None] | None], Awaitable[tuple[Route, StrategyResult]]]
+
+
 async def stream_route(
-    route: Route,
-    pools: Mapping[str, Pool],
-    payload: dict[str, Any],
-    ctx: RequestContext,
-    include_usage: bool,
+    model: str, ctx: RequestContext, include_usage: bool, run: Runner
 ) -> AsyncGenerator[bytes, None]:
     """Run the strategy while streaming its progress notes as ``delta.reasoning``, then the
     answer. The response has started, so a failure becomes an SSE ``error`` event."""
     notes: asyncio.Queue[str | None] = asyncio.Queue()
-    pool = pools[route.backend]
-    task = asyncio.create_task(run_route(route, pools, payload, ctx, notes.put_nowait))
+    task = asyncio.ensure_future(run(notes.put_nowait))
     task.add_done_callback(lambda _: notes.put_nowait(None))
     base = {
         "id": f"chatcmpl-{ctx.request_id}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
-        "model": pool.model,
+        "model": model,
     }
     try:
         while (note := await notes.get()) is not None:
@@ -272,13 +275,13 @@ async def stream_route(
             choice = {"index": 0, "delta": delta, "finish_reason": None}
             yield format_event(orjson.dumps({**base, "choices": [choice]}))
         try:
-            result = await task
+            served, result = await task
         except DeliberateError as e:
             ctx.outcome = "timeout" if isinstance(e, BackendTimeout) else "backend_error"
             ctx.stream_done = True
             yield format_event(orjson.dumps(e.body()))
             return
-        async for chunk in render_sse(route, result, ctx, pool.model, include_usage):
+        async for chunk in render_sse(served, result, ctx, model, include_usage):
             yield chunk
     finally:
         if not task.done():

@@ -10,6 +10,7 @@ from typing import Any
 
 from budgets.ledger import Reservation
 from metrics.registry import Outcome, RequestRecord
+from routing.decision import Decision
 from strategies.usage import Usage
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -36,6 +37,7 @@ class RequestContext:
     usage: Usage = Usage()
     stream_done: bool = False  # the backend's stream was relayed to its end
     tenant: str | None = None
+    decision: Decision | None = None
     reservation: Reservation | None = None  # held until settled, exactly once
     token_ceiling: int | None = None  # worst case of prompt + generated tokens (reserved)
     requested_route: str | None = None  # set when admission stepped the route down
@@ -46,6 +48,9 @@ class RequestContext:
     def headers(self) -> dict[str, str]:
         """``x-deliberate-*`` headers for what is known, plus ``x-request-id``."""
         h = {"x-request-id": self.request_id}
+        if self.decision is not None:
+            h["x-deliberate-class"] = self.decision.request_class
+            h["x-deliberate-reason"] = self.decision.header_reason()
         if self.route is not None:
             h["x-deliberate-route"] = self.route
         if self.strategy is not None:
@@ -59,10 +64,16 @@ class RequestContext:
         return h
 
     def admission_info(self) -> dict[str, Any]:
-        """For the response's ``deliberate`` object: the requested route and why it changed."""
-        if self.requested_route is None:
-            return {}
-        return {"requested_route": self.requested_route, "downgrade_cause": self.downgrade_cause}
+        """For the response's ``deliberate`` object: the class, and the requested route and
+        why it changed when admission stepped it down."""
+        info: dict[str, Any] = {}
+        if self.decision is not None and self.decision.source == "policy":
+            info["class"] = self.decision.request_class
+            info["decision"] = self.decision.header_reason()
+        if self.requested_route is not None:
+            info["requested_route"] = self.requested_route
+            info["downgrade_cause"] = self.downgrade_cause
+        return info
 
     def mark_first_token(self) -> None:
         if self.ttft_s is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +19,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from budgets.admission import Downgrade, Reject, RungCheck, admit, check_rung
-from budgets.estimates import CostShape, cost_shape, worst_case_tokens
+from budgets.estimates import (
+    CostShape,
+    cost_shape,
+    predict_ttft_s,
+    queue_s,
+    summary,
+    worst_case_tokens,
+)
 from budgets.limits import (
     check_context,
     check_shape,
@@ -29,7 +36,7 @@ from budgets.limits import (
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
-from gateway.compute import check_request, render_json, render_sse, run_route, stream_route
+from gateway.compute import check_request, render_json, render_sse, stream_route
 from gateway.context import RequestContext
 from gateway.errors import (
     BackendTimeout,
@@ -38,12 +45,17 @@ from gateway.errors import (
     ModelNotFound,
     Overloaded,
 )
+from gateway.escalation import run_cascade
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
+from gateway.policy_state import PolicyState
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from routing.config import Route
+from routing.decision import Decision
 from routing.loader import format_loc
-from strategies.base import Deadline
+from routing.policy import LiveLatency
+from routing.resolve import AUTO
+from strategies.base import Deadline, StrategyResult
 
 Endpoint = Literal["chat", "completions"]
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -76,16 +88,13 @@ async def complete(
     services: Services, endpoint: Endpoint, raw: bytes, ctx: RequestContext, tenant: Tenant
 ) -> Answer:
     """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body for ``tenant``."""
+    state = services.state  # one policy for the whole request, whatever reloads meanwhile
     payload = parse_payload(raw, _SCHEMAS[endpoint])
-    requested = services.routes.resolve(payload["model"])
-    if requested is None:
-        raise ModelNotFound(
-            f"model {payload['model']!r} is not a route, a backend model or 'auto'; "
-            f"available: {services.routes.model_ids()}",
-            param="model",
-        )
+    decision = decide(services, state, endpoint, payload, len(raw), tenant)
+    ctx.decision = decision
+    requested = state.config.route(decision.route)
     ctx.route, ctx.strategy, ctx.backend = requested.name, requested.strategy, requested.backend
-    limits = services.config.limits
+    limits = state.config.limits
     if (
         v := check_shape(payload, max_messages=limits.max_messages, max_n=limits.max_n)
     ) is not None:
@@ -94,7 +103,7 @@ async def complete(
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     check_route_serves(requested, endpoint, payload)
 
-    route = admit_route(services, requested, payload, prompt_tokens, ctx, endpoint)
+    route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
     if route is not requested:
         ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
         check_route_serves(route, endpoint, payload)
@@ -107,18 +116,31 @@ async def complete(
         n = payload["n"] if isinstance(payload.get("n"), int) else 1
     shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
     ctx.token_ceiling = worst_case_tokens(prompt_tokens, shape, n)
+    if route.escalate_to is not None:  # the cascade may run both routes (+ one check)
+        target = state.config.route(route.escalate_to.route)
+        target_pool = services.pools[target.backend]
+        target_shape = request_shape(target, payload, prompt_tokens, target_pool.max_model_len)
+        ctx.token_ceiling += worst_case_tokens(prompt_tokens, target_shape) + prompt_tokens + 1
     await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
 
     streaming = bool(payload.get("stream"))
-    if route.strategy != "single-pass":
+    if route.strategy != "single-pass" or route.escalate_to is not None:
         opts = payload.get("stream_options") or {}
         include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
+
+        def run(
+            note: Callable[[str], None] | None = None,
+        ) -> Awaitable[tuple[Route, StrategyResult]]:
+            return run_cascade(
+                route, state.config, services.pools, payload, ctx, services.metrics, note
+            )
+
         if streaming and route.stream_progress:
-            return Answer(stream=stream_route(route, services.pools, payload, ctx, include_usage))
-        result = await run_route(route, services.pools, payload, ctx)
+            return Answer(stream=stream_route(pool.model, ctx, include_usage, run))
+        served, result = await run()
         if streaming:
-            return Answer(stream=render_sse(route, result, ctx, pool.model, include_usage))
-        return Answer(body=render_json(route, result, ctx, pool.model))
+            return Answer(stream=render_sse(served, result, ctx, pool.model, include_usage))
+        return Answer(body=render_json(served, result, ctx, pool.model))
 
     # single-pass: a faithful pass-through to one replica, bytes relayed as they come.
     payload["model"] = pool.model
@@ -137,6 +159,39 @@ async def complete(
         ) from e
     stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage, deadline=deadline)
     return Answer(stream=stream, upstream=upstream)
+
+
+async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, Any]:
+    """The decision for a chat request body, as JSON, with admission's dry-run verdict.
+    Nothing is generated or reserved."""
+    state = services.state
+    payload = parse_payload(raw, ChatCompletionRequest)
+    decision = decide(services, state, "chat", payload, len(raw), tenant, record=False)
+    route = state.config.route(decision.route)
+    pool = services.pools[route.backend]
+    prompt = prompt_token_upper_bound(len(raw), len(payload["messages"]))
+    shape = request_shape(route, payload, prompt, pool.max_model_len)
+    ctx = RequestContext("explain")
+    verdict: dict[str, Any]
+    try:
+        served = admit_route(services, state, route, payload, prompt, ctx, "chat", dry_run=True)
+        verdict = {"verdict": "admit" if served is route else "downgrade", "route": served.name}
+        if ctx.downgrade_cause:
+            verdict["cause"] = ctx.downgrade_cause
+    except Overloaded as e:
+        verdict = {"verdict": "reject", "status": 503, "message": e.message}
+    except InvalidRequest as e:
+        verdict = {"verdict": "invalid", "status": e.status, "message": e.message}
+    bytes_per_token = pool.config.kv.shape.kv_bytes_per_token if pool.config.kv.shape else None
+    return {
+        "object": "route.decision",
+        **decision.to_json(),
+        "admission": verdict,
+        "estimates": {
+            **summary(prompt, shape, bytes_per_token),
+            "tenant_reservation_tokens": worst_case_tokens(prompt, shape),
+        },
+    }
 
 
 def check_route_serves(route: Route, endpoint: Endpoint, payload: dict[str, Any]) -> None:
@@ -170,17 +225,80 @@ def request_shape(
     )
 
 
+def decide(
+    services: Services,
+    state: PolicyState,
+    endpoint: Endpoint,
+    payload: dict[str, Any],
+    body_bytes: int,
+    tenant: Tenant,
+    *,
+    record: bool = True,
+) -> Decision:
+    """The router's decision (404 when ``model`` names nothing known); ``record`` counts it."""
+    model = payload["model"]
+    if endpoint == "completions":  # legacy completions are single-pass: auto = default route
+        messages: list[dict[str, Any]] = [{"role": "user", "content": payload.get("prompt")}]
+        if model == AUTO:
+            model = state.config.default_route
+    else:
+        messages = payload["messages"]
+    n_messages = len(messages)
+
+    def live(route: Route) -> LiveLatency | None:
+        if services.scraper is None:
+            return None
+        load = services.scraper.load(route.backend)
+        pool = services.pools[route.backend]
+        prompt = prompt_token_upper_bound(body_bytes, n_messages)
+        shape = request_shape(route, payload, prompt, pool.max_model_len)
+        adm = state.config.admission
+        ttft = predict_ttft_s(
+            prompt,
+            shape,
+            load,
+            prefill_tokens_per_s=adm.prefill_tokens_per_s,
+            default_decode_tokens_per_s=adm.default_decode_tokens_per_s,
+        )
+        rate = (load.decode_tokens_per_s if load else None) or adm.default_decode_tokens_per_s
+        unmeasured = (ttft - queue_s(load) + shape.per_sequence_tokens / rate) * 1000
+        return LiveLatency(queue_s(load) * 1000, unmeasured)
+
+    decision = state.router.decide(
+        model,
+        messages,
+        metadata=payload.get("metadata"),
+        reasoning_effort=payload.get("reasoning_effort"),
+        tenant_route=tenant.default_route if model == AUTO else None,
+        live=live,
+    )
+    if decision is not None and record:
+        services.metrics.decisions.labels(
+            decision.request_class, decision.route, decision.source
+        ).inc()
+    if decision is None:
+        raise ModelNotFound(
+            f"model {model!r} is not a route, a backend model or 'auto'; "
+            f"available: {state.routes.model_ids()}",
+            param="model",
+        )
+    return decision
+
+
 def admit_route(
     services: Services,
+    state: PolicyState,
     requested: Route,
     payload: dict[str, Any],
     prompt_tokens: int,
     ctx: RequestContext,
     endpoint: Endpoint,
+    *,
+    dry_run: bool = False,
 ) -> Route:
     """The route admission lets this request run on now (``requested`` or a cheaper one);
-    503 + Retry-After when no rung of the ladder fits."""
-    adm = services.config.admission
+    503 + Retry-After when no rung of the ladder fits. ``dry_run`` records no metrics."""
+    adm = state.config.admission
     if not adm.enabled:
         return requested
 
@@ -192,9 +310,10 @@ def admit_route(
         load = services.scraper.load(route.backend) if services.scraper else None
         return check_rung(route, shape, prompt_tokens, load, pool.config.kv, adm)
 
-    verdict = admit(services.config.ladder(requested.name), check, adm.retry_after_s)
+    verdict = admit(state.config.ladder(requested.name), check, adm.retry_after_s)
     if isinstance(verdict, Reject):
-        services.metrics.reject(requested.name, "overloaded")
+        if not dry_run:
+            services.metrics.reject(requested.name, "overloaded")
         raise Overloaded(
             f"overloaded: no route on the ladder from {requested.name!r} fits right now "
             f"({verdict.cause}); retry later",
@@ -202,7 +321,10 @@ def admit_route(
         )
     if isinstance(verdict, Downgrade):
         ctx.requested_route, ctx.downgrade_cause = requested.name, verdict.cause
-        services.metrics.downgrade(requested.name, verdict.route.name, verdict.cause)
+        if ctx.decision is not None:
+            ctx.decision = ctx.decision.with_extra(down_from=requested.name, cause=verdict.cause)
+        if not dry_run:
+            services.metrics.downgrade(requested.name, verdict.route.name, verdict.cause)
     return verdict.route
 
 

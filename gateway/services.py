@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.backends.pool import Pool
 from gateway.backends.scraper import BackendScraper
 from gateway.budgeting import BudgetService
+from gateway.policy_state import PolicyState
 from gateway.settings import Settings
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig
@@ -16,9 +17,17 @@ from routing.resolve import RouteTable
 @dataclass
 class Services:
     settings: Settings
-    config: DeliberateConfig
-    routes: RouteTable
+    state: PolicyState
+    """The loaded policy; replaced whole by a hot reload (read it once per request)."""
     pools: dict[str, Pool]
     metrics: Metrics
     budgets: BudgetService
     scraper: BackendScraper | None = None
+
+    @property
+    def config(self) -> DeliberateConfig:
+        return self.state.config
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.state.routes

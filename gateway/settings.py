@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before cancel."
     )
+    reload_interval_s: float = Field(
+        2.0, ge=0, description="How often the policy file is checked for changes; 0 = never."
+    )
     ready_timeout_s: float = Field(
         2.0, gt=0, description="Per-replica timeout of the /ready probe."
     )

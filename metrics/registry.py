@@ -120,6 +120,26 @@ class Metrics:
         )
         for op in ("reserve", "settle"):
             self.store_errors.labels(op)
+        self.config_reloads = Counter(
+            "deliberate_config_reloads",
+            "Policy-file reloads by result (error: the old policy was kept).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+        self.decisions = Counter(
+            "deliberate_route_decisions",
+            "Routing decisions by request class, chosen route and source (explicit, policy...).",
+            ["class", "route", "source"],
+            registry=registry,
+        )
+        self.escalations = Counter(
+            "deliberate_escalations",
+            "Cascade checks by class and route: escalated or answered cheaply (kept).",
+            ["class", "from_route", "to_route", "outcome"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "deliberate_build_info",
             "Gateway version (value is always 1).",

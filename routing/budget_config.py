@@ -94,6 +94,9 @@ class TenantConfig(_Strict):
     tokens_per_day: int | None = Field(None, ge=1, description="prompt + visible + hidden.")
     requests_per_minute: int | None = Field(None, ge=1)
     requests_per_day: int | None = Field(None, ge=1)
+    default_route: Name | None = Field(
+        None, description="Route for this tenant's model 'auto' requests (instead of the router)."
+    )
 
     @model_validator(mode="after")
     def _one_key(self) -> TenantConfig:

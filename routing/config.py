@@ -19,6 +19,7 @@ from routing.budget_config import (
     RouteSlo,
     TenantConfig,
 )
+from routing.policy_config import Escalation, Measured, RequestClass, RoutingPolicy
 from routing.prm import PrmConventions
 from strategies.adaptive_consistency import AdaptiveConsistencyParams
 from strategies.best_of_n import BestOfNParams
@@ -89,6 +90,12 @@ class _RouteBase(_Strict):
     stream_progress: bool = Field(
         False,
         description="Multi-call routes: stream progress notes as delta.reasoning while working.",
+    )
+    escalate_to: Escalation | None = Field(
+        None, description="Answer here first; run a stronger route only when a verifier rejects it."
+    )
+    measured: dict[Name, Measured] = Field(
+        default_factory=dict, description="Per request class, written by `deliberate calibrate`."
     )
 
 
@@ -173,6 +180,12 @@ class DeliberateConfig(_Strict):
     )
     budget_store: BudgetStoreConfig = BudgetStoreConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    classes: list[RequestClass] = Field(
+        default_factory=list, description="Request classes, tried in order (first match wins)."
+    )
+    policy: RoutingPolicy | None = Field(
+        None, description="How model 'auto' is routed; without it, auto = default_route."
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> DeliberateConfig:
@@ -243,6 +256,7 @@ def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
             )
     problems += _ladder_problems(cfg, routes)
     problems += _tenant_problems(cfg)
+    problems += _policy_problems(cfg, routes)
     for i, b in enumerate(cfg.backends):
         if b.default_route is not None and b.default_route not in routes:
             problems.append(
@@ -290,4 +304,49 @@ def _tenant_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
             field = "key_sha256" if t.key_sha256 else "key_env"
             problems.append((f"tenants[{i}].{field}", "another tenant has the same key"))
         seen_keys.add(key)
+    return problems
+
+
+def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def need_route(path: str, name: str) -> None:
+        if name not in routes:
+            problems.append((path, f"unknown route {name!r}; routes: {routes}"))
+
+    classes = [c.name for c in cfg.classes]
+    seen: set[str] = set()
+    for i, c in enumerate(cfg.classes):
+        if c.name in seen:
+            problems.append((f"classes[{i}].name", f"duplicate name {c.name!r}"))
+        if c.name == "explicit":
+            problems.append(
+                (f"classes[{i}].name", "'explicit' is reserved (a route named in `model`)")
+            )
+        seen.add(c.name)
+    for i, r in enumerate(cfg.routes):
+        if r.escalate_to is not None:
+            need_route(f"routes[{i}].escalate_to.route", r.escalate_to.route)
+            if r.escalate_to.route == r.name:
+                problems.append(
+                    (f"routes[{i}].escalate_to.route", "a route cannot escalate to itself")
+                )
+    for i, t in enumerate(cfg.tenants):
+        if t.default_route is not None:
+            need_route(f"tenants[{i}].default_route", t.default_route)
+    p = cfg.policy
+    if p is None:
+        return problems
+    known = [*classes, p.default_class]
+    if p.default_class not in p.classes:
+        problems.append(
+            ("policy.default_class", f"{p.default_class!r} has no entry under policy.classes")
+        )
+    for name, cp in p.classes.items():
+        if name not in known:
+            problems.append((f"policy.classes.{name}", f"unknown class {name!r}; classes: {known}"))
+        for j, route in enumerate(cp.routes):
+            need_route(f"policy.classes.{name}.routes[{j}]", route)
+    for effort, route in p.effort_routes.items():
+        need_route(f"policy.effort_routes.{effort}", route)
     return problems

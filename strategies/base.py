@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from strategies.ports import BudgetExhausted as BudgetExhausted
-from strategies.ports import Generator, GenRequest, GenResult, Message
+from strategies.ports import GenChoice, Generator, GenRequest, GenResult, Message
 from strategies.usage import Usage
 
 StopReason = Literal["completed", "converged", "budget", "deadline", "max_steps", "no_answer"]
@@ -35,6 +35,9 @@ class StrategyRequest:
     logprobs: bool = False
     top_logprobs: int | None = None
     reasoning_effort: str | None = None
+    seeds: tuple[GenChoice, ...] = ()
+    """Answers already generated for this request (an escalated cascade's first answer):
+    voting strategies count them as candidates and sample that many fewer."""
 
 
 @dataclass

@@ -191,10 +191,12 @@ class BestOfN:
     name: str = "best-of-n"
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
-        result, n_used = await sample(request, ctx, self.params, self.params.n)
-        sampled = Sampled(
-            result.choices, answers_of(result.choices, self.params.answer), result.usage
-        )
+        seeds = request.seeds[: self.params.n - 1]
+        result, n_used = await sample(request, ctx, self.params, self.params.n - len(seeds))
+        choices = (*seeds, *result.choices)
+        if seeds:  # seeds were generated (and counted) before this call
+            result = GenResult(choices, result.usage, result.model)
+        sampled = Sampled(choices, answers_of(choices, self.params.answer), result.usage)
         ctx.note(
             f"sampled {n_used} candidates in one request; selecting ({self.params.selector})\n"
         )
@@ -205,9 +207,16 @@ class BestOfN:
             question_of(request.messages), sampled, self.params.selector, verifier
         )
         ctx.budget.charge(Usage(hidden=verify_usage.hidden))
-        usage = split_usage(result.usage, result.choices, chosen) + verify_usage
+        if chosen < len(seeds):  # a seed won: every token of this call is hidden
+            generated = result.usage.visible + result.usage.hidden
+            usage = Usage(prompt=result.usage.prompt, hidden=generated) + verify_usage
+        else:
+            usage = split_usage(result.usage, result.choices, chosen) + verify_usage
         pick = result.choices[chosen]
+        n_used += len(seeds)
         info.update(samples=n_used, requested_samples=self.params.n, backend_calls=1)
+        if seeds:
+            info.update(seeded=len(seeds), seed_chosen=chosen < len(seeds))
         reason: StopReason = "budget" if n_used < self.params.n else "completed"
         return StrategyResult(
             choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, pick.raw_logprobs),),

@@ -15,6 +15,7 @@ from strategies.bounded_reasoning import BoundedReasoning, BoundedReasoningParam
 from strategies.prm_search import PrmSearch, PrmSearchParams
 from strategies.refine import Refine, RefineParams
 from strategies.self_consistency import SelfConsistency, SelfConsistencyParams
+from strategies.single_pass import SinglePass, SinglePassParams
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,10 @@ class StrategySpec:
     votes: bool  # combines several candidates (tools cannot be voted on)
 
 
-# single-pass is not here: it is a byte-level pass-through at the HTTP edge.
+# single-pass is served as a byte-level pass-through at the HTTP edge; its strategy form here
+# runs only as the first step of a cascade (a route with escalate_to).
 STRATEGIES: dict[str, StrategySpec] = {
+    "single-pass": StrategySpec(SinglePassParams, SinglePass, votes=False),
     "bounded-reasoning": StrategySpec(BoundedReasoningParams, BoundedReasoning, votes=False),
     "best-of-n": StrategySpec(BestOfNParams, BestOfN, votes=True),
     "self-consistency": StrategySpec(SelfConsistencyParams, SelfConsistency, votes=True),

@@ -23,7 +23,7 @@ from gateway.errors import (
     RequestTooLarge,
 )
 from gateway.http.errors import error_response, json_response
-from gateway.pipeline import Answer, Endpoint, complete
+from gateway.pipeline import Answer, Endpoint, complete, explain
 from gateway.services import Services
 from metrics.registry import RejectReason
 
@@ -158,6 +158,18 @@ async def until_disconnect(request: Request, ctx: RequestContext, work: Awaitabl
         ctx.outcome = "cancelled"
         raise ClientDisconnected("the client disconnected before the answer was ready")
     return job.result()
+
+
+@router.post("/v1/route/explain")
+async def route_explain(request: Request) -> Response:
+    """The routing decision for a chat completion body, without generating or reserving."""
+    services = services_of(request)
+    try:
+        tenant = services.budgets.authenticate(request.headers.get("authorization"))
+        raw = await read_body(request, services.config.limits.max_body_bytes)
+        return json_response(await explain(services, raw, tenant))
+    except DeliberateError as e:
+        return error_response(request, e)
 
 
 @router.get("/v1/models")

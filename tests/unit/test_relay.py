@@ -18,10 +18,10 @@ from gateway.context import RequestContext
 from gateway.http.api import RelayResponse
 from gateway.passthrough import relay_stream
 from gateway.pipeline import Answer
+from gateway.policy_state import build_state
 from gateway.services import Services
 from gateway.settings import Settings
 from metrics.registry import Metrics
-from routing.resolve import RouteTable
 from tests.fakes import FakeVLLM
 from tests.unit.test_app import make_config
 
@@ -33,7 +33,7 @@ async def start_stream(fake: FakeVLLM) -> tuple[Pool, Answer, RequestContext, Se
     pool = Pool(config.backends[0], fake.transport())
     metrics = Metrics(CollectorRegistry())
     budgets = BudgetService(config, MemoryStore(), metrics)
-    services = Services(Settings(), config, RouteTable(config), {"default": pool}, metrics, budgets)
+    services = Services(Settings(), build_state(config), {"default": pool}, metrics, budgets)
     body = orjson.dumps({"model": "fake-model", "stream": True, "messages": []})
     upstream = await open_upstream(pool, "/v1/chat/completions", body, "rid")
     ctx = RequestContext("rid", route="single-pass", strategy="single-pass", backend="default")

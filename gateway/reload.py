@@ -1,0 +1,71 @@
+"""Hot reload of the policy file: poll it, validate it, swap the policy state atomically.
+
+An invalid file (or one that changes ``backends``, which needs a restart to re-pool
+connections) keeps the old policy; the failure is logged line by line and counted. Requests
+in flight keep the state they started with (``services.state`` is read once per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from budgets.tenants import TenantDirectory
+from gateway.policy_state import PredictorUnavailable, build_state
+from gateway.services import Services
+from routing.loader import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+class ConfigWatcher:
+    def __init__(self, path: Path, services: Services, interval_s: float) -> None:
+        self.path = path
+        self.services = services
+        self.interval_s = interval_s
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def reload(self) -> bool:
+        """Load, validate and swap in the policy file now; False (old policy kept) on error."""
+        services = self.services
+        try:
+            cfg = load_config(self.path)
+            if cfg.backends != services.config.backends:
+                raise ConfigError(
+                    [f"{self.path}:backends: changed; backend pools need a restart to apply"]
+                )
+            state = build_state(cfg, self.path)
+        except ConfigError as e:
+            for line in e.lines:
+                log.error("config reload failed, keeping the current policy: %s", line)
+            services.metrics.config_reloads.labels("error").inc()
+            return False
+        except PredictorUnavailable as e:
+            log.error("config reload failed, keeping the current policy: %s", e)
+            services.metrics.config_reloads.labels("error").inc()
+            return False
+        services.state = state
+        services.budgets.tenants = TenantDirectory.build(cfg.tenants, os.environ)
+        for warning in services.budgets.tenants.warnings:
+            log.warning("config: %s", warning)
+        services.metrics.config_reloads.labels("ok").inc()
+        log.info("config reloaded from %s", self.path)
+        return True
+
+    async def run(self) -> None:
+        """Poll the file every ``interval_s``; reload when its mtime or size changes."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            stamp = self._stamp()
+            if stamp is not None and stamp != self._seen:
+                self._seen = stamp
+                self.reload()

@@ -8,23 +8,15 @@ its stream) is over.
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from budgets.admission import Downgrade, Reject, RungCheck, admit, check_rung
 from budgets.estimates import (
-    CostShape,
-    cost_shape,
-    predict_ttft_s,
-    queue_s,
-    summary,
     worst_case_tokens,
 )
 from budgets.limits import (
@@ -36,28 +28,22 @@ from budgets.limits import (
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
-from gateway.compute import check_request, render_json, render_sse, stream_route
+from gateway.compute import render_json, render_sse, stream_route
 from gateway.context import RequestContext
+from gateway.decide import Endpoint, admit_route, check_route_serves, decide, request_shape
 from gateway.errors import (
     BackendTimeout,
     ContextLengthExceeded,
     InvalidRequest,
-    ModelNotFound,
-    Overloaded,
 )
 from gateway.escalation import run_cascade
+from gateway.parsing import parse_payload
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
-from gateway.policy_state import PolicyState
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from routing.config import Route
-from routing.decision import Decision
-from routing.loader import format_loc
-from routing.policy import LiveLatency
-from routing.resolve import AUTO
 from strategies.base import Deadline, StrategyResult
 
-Endpoint = Literal["chat", "completions"]
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _SCHEMAS: dict[Endpoint, type[BaseModel]] = {
     "chat": ChatCompletionRequest,
@@ -161,186 +147,6 @@ async def complete(
     return Answer(stream=stream, upstream=upstream)
 
 
-async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, Any]:
-    """The decision for a chat request body, as JSON, with admission's dry-run verdict.
-    Nothing is generated or reserved."""
-    state = services.state
-    payload = parse_payload(raw, ChatCompletionRequest)
-    decision = decide(services, state, "chat", payload, len(raw), tenant, record=False)
-    route = state.config.route(decision.route)
-    pool = services.pools[route.backend]
-    prompt = prompt_token_upper_bound(len(raw), len(payload["messages"]))
-    shape = request_shape(route, payload, prompt, pool.max_model_len)
-    ctx = RequestContext("explain")
-    verdict: dict[str, Any]
-    try:
-        served = admit_route(services, state, route, payload, prompt, ctx, "chat", dry_run=True)
-        verdict = {"verdict": "admit" if served is route else "downgrade", "route": served.name}
-        if ctx.downgrade_cause:
-            verdict["cause"] = ctx.downgrade_cause
-    except Overloaded as e:
-        verdict = {"verdict": "reject", "status": 503, "message": e.message}
-    except InvalidRequest as e:
-        verdict = {"verdict": "invalid", "status": e.status, "message": e.message}
-    bytes_per_token = pool.config.kv.shape.kv_bytes_per_token if pool.config.kv.shape else None
-    return {
-        "object": "route.decision",
-        **decision.to_json(),
-        "admission": verdict,
-        "estimates": {
-            **summary(prompt, shape, bytes_per_token),
-            "tenant_reservation_tokens": worst_case_tokens(prompt, shape),
-        },
-    }
-
-
-def check_route_serves(route: Route, endpoint: Endpoint, payload: dict[str, Any]) -> None:
-    """400 when a multi-call route is asked for what it cannot do (completions, n, tools)."""
-    if route.strategy == "single-pass":
-        return
-    if endpoint != "chat":
-        raise InvalidRequest(
-            f"route {route.name!r} ({route.strategy}) serves chat "
-            "completions only; /v1/completions is single-pass",
-            param="model",
-        )
-    check_request(route, payload)
-
-
-def request_shape(
-    route: Route, payload: dict[str, Any], prompt_tokens: int, max_model_len: int | None
-) -> CostShape:
-    """The route's cost shape for this request: its caps, the client's, the context room."""
-    room = None if max_model_len is None else max(1, max_model_len - prompt_tokens)
-    max_tokens = payload.get("max_tokens")
-    if route.strategy == "single-pass":
-        cap = completion_cap(payload)
-        return cost_shape(route, cap[1] if cap else None, room)
-    total = payload.get("max_completion_tokens")
-    return cost_shape(
-        route,
-        total if isinstance(total, int) else None,
-        room,
-        max_tokens if isinstance(max_tokens, int) else None,
-    )
-
-
-def decide(
-    services: Services,
-    state: PolicyState,
-    endpoint: Endpoint,
-    payload: dict[str, Any],
-    body_bytes: int,
-    tenant: Tenant,
-    *,
-    record: bool = True,
-) -> Decision:
-    """The router's decision (404 when ``model`` names nothing known); ``record`` counts it."""
-    model = payload["model"]
-    if endpoint == "completions":  # legacy completions are single-pass: auto = default route
-        messages: list[dict[str, Any]] = [{"role": "user", "content": payload.get("prompt")}]
-        if model == AUTO:
-            model = state.config.default_route
-    else:
-        messages = payload["messages"]
-    n_messages = len(messages)
-
-    def live(route: Route) -> LiveLatency | None:
-        if services.scraper is None:
-            return None
-        load = services.scraper.load(route.backend)
-        pool = services.pools[route.backend]
-        prompt = prompt_token_upper_bound(body_bytes, n_messages)
-        shape = request_shape(route, payload, prompt, pool.max_model_len)
-        adm = state.config.admission
-        ttft = predict_ttft_s(
-            prompt,
-            shape,
-            load,
-            prefill_tokens_per_s=adm.prefill_tokens_per_s,
-            default_decode_tokens_per_s=adm.default_decode_tokens_per_s,
-        )
-        rate = (load.decode_tokens_per_s if load else None) or adm.default_decode_tokens_per_s
-        unmeasured = (ttft - queue_s(load) + shape.per_sequence_tokens / rate) * 1000
-        return LiveLatency(queue_s(load) * 1000, unmeasured)
-
-    decision = state.router.decide(
-        model,
-        messages,
-        metadata=payload.get("metadata"),
-        reasoning_effort=payload.get("reasoning_effort"),
-        tenant_route=tenant.default_route if model == AUTO else None,
-        live=live,
-    )
-    if decision is not None and record:
-        services.metrics.decisions.labels(
-            decision.request_class, decision.route, decision.source
-        ).inc()
-    if decision is None:
-        raise ModelNotFound(
-            f"model {model!r} is not a route, a backend model or 'auto'; "
-            f"available: {state.routes.model_ids()}",
-            param="model",
-        )
-    return decision
-
-
-def admit_route(
-    services: Services,
-    state: PolicyState,
-    requested: Route,
-    payload: dict[str, Any],
-    prompt_tokens: int,
-    ctx: RequestContext,
-    endpoint: Endpoint,
-    *,
-    dry_run: bool = False,
-) -> Route:
-    """The route admission lets this request run on now (``requested`` or a cheaper one);
-    503 + Retry-After when no rung of the ladder fits. ``dry_run`` records no metrics."""
-    adm = state.config.admission
-    if not adm.enabled:
-        return requested
-
-    def check(route: Route) -> RungCheck:
-        pool = services.pools[route.backend]
-        if (unfit := unfit_reason(route, endpoint, payload, prompt_tokens, pool)) is not None:
-            return RungCheck(route.name, False, 0.0, None, f"unfit:{unfit}")
-        shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
-        load = services.scraper.load(route.backend) if services.scraper else None
-        return check_rung(route, shape, prompt_tokens, load, pool.config.kv, adm)
-
-    verdict = admit(state.config.ladder(requested.name), check, adm.retry_after_s)
-    if isinstance(verdict, Reject):
-        if not dry_run:
-            services.metrics.reject(requested.name, "overloaded")
-        raise Overloaded(
-            f"overloaded: no route on the ladder from {requested.name!r} fits right now "
-            f"({verdict.cause}); retry later",
-            headers={"retry-after": str(max(1, math.ceil(verdict.retry_after_s)))},
-        )
-    if isinstance(verdict, Downgrade):
-        ctx.requested_route, ctx.downgrade_cause = requested.name, verdict.cause
-        if ctx.decision is not None:
-            ctx.decision = ctx.decision.with_extra(down_from=requested.name, cause=verdict.cause)
-        if not dry_run:
-            services.metrics.downgrade(requested.name, verdict.route.name, verdict.cause)
-    return verdict.route
-
-
-def unfit_reason(
-    route: Route, endpoint: Endpoint, payload: dict[str, Any], prompt_tokens: int, pool: Pool
-) -> str | None:
-    """Why a lower rung could not serve this request at all (so admission skips it)."""
-    try:
-        check_route_serves(route, endpoint, payload)
-    except InvalidRequest as e:
-        return e.param or "request"
-    if pool.max_model_len is not None and prompt_tokens >= pool.max_model_len:
-        return "context"
-    return None
-
-
 def apply_single_pass_caps(route: Route, payload: dict[str, Any], endpoint: Endpoint) -> None:
     """Cut the client's completion cap to the route's (the ``max_tokens`` sent to vLLM is
     what the budget allows); with ``n`` choices the total is shared between them."""
@@ -363,42 +169,6 @@ def apply_single_pass_caps(route: Route, payload: dict[str, Any], endpoint: Endp
     for key in keys or ["max_tokens"]:
         value = payload.get(key)
         payload[key] = min(value, limit) if isinstance(value, int) else limit
-
-
-def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
-    """The body as a dict, validated against ``schema``; 400 naming the field otherwise."""
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest(f"the request body is not valid JSON: {e}", code="invalid_json") from e
-    if not isinstance(payload, dict):
-        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
-    try:
-        schema.model_validate(payload)
-    except ValidationError as e:
-        param, message = describe_validation_error(e)
-        raise InvalidRequest(message, param=param) from e
-    return payload
-
-
-# pydantic names the member of a union that failed ("str", "list[str]", "ChatMessage"...) in
-# the error location; clients need the field, so the location is cut before such a tag.
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
-
-
-def describe_validation_error(error: ValidationError) -> tuple[str | None, str]:
-    """The OpenAI ``param`` (e.g. ``messages[0].role``) and a message for the first problem."""
-    located: list[tuple[str, str]] = []
-    for err in error.errors(include_url=False):
-        loc = list(err["loc"])
-        cut = next(
-            (i for i, p in enumerate(loc) if isinstance(p, str) and _UNION_TAG.match(p)), None
-        )
-        located.append((format_loc(loc[:cut]), str(err["msg"])))
-    param = located[0][0]
-    reasons = list(dict.fromkeys(msg for p, msg in located if p == param))
-    where = f"'{param}'" if param else "the request body"
-    return (param or None), f"Invalid value for {where}: {'; or '.join(reasons)}"
 
 
 async def check_prompt_fits(

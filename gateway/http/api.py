@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from gateway.context import RequestContext, request_id_from
+from gateway.decide import Endpoint, explain
 from gateway.errors import (
     AuthenticationFailed,
     BudgetStoreUnavailable,
@@ -23,7 +24,7 @@ from gateway.errors import (
     RequestTooLarge,
 )
 from gateway.http.errors import error_response, json_response
-from gateway.pipeline import Answer, Endpoint, complete, explain
+from gateway.pipeline import Answer, complete
 from gateway.services import Services
 from metrics.registry import RejectReason
 

@@ -1,0 +1,48 @@
+"""Request bodies: JSON parsing and pydantic validation with OpenAI-shaped 400s naming the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import InvalidRequest
+from routing.loader import format_loc
+
+
+def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
+    """The body as a dict, validated against ``schema``; 400 naming the field otherwise."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"the request body is not valid JSON: {e}", code="invalid_json") from e
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    try:
+        schema.model_validate(payload)
+    except ValidationError as e:
+        param, message = describe_validation_error(e)
+        raise InvalidRequest(message, param=param) from e
+    return payload
+
+
+# pydantic names the member of a union that failed ("str", "list[str]", "ChatMessage"...) in
+# the error location; clients need the field, so the location is cut before such a tag.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
+def describe_validation_error(error: ValidationError) -> tuple[str | None, str]:
+    """The OpenAI ``param`` (e.g. ``messages[0].role``) and a message for the first problem."""
+    located: list[tuple[str, str]] = []
+    for err in error.errors(include_url=False):
+        loc = list(err["loc"])
+        cut = next(
+            (i for i, p in enumerate(loc) if isinstance(p, str) and _UNION_TAG.match(p)), None
+        )
+        located.append((format_loc(loc[:cut]), str(err["msg"])))
+    param = located[0][0]
+    reasons = list(dict.fromkeys(msg for p, msg in located if p == param))
+    where = f"'{param}'" if param else "the request body"
+    return (param or None), f"Invalid value for {where}: {'; or '.join(reasons)}"

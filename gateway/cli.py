@@ -317,9 +317,9 @@ def calibrate(
     except (ConfigError, ValueError) as e:
         _err().print(f"[red]calibrate: {e}[/red]")
         raise typer.Exit(1) from e
-    Console().print(markdown_table(report.cells, report.chosen), markup=False)
+    Console(soft_wrap=True).print(markdown_table(report.cells, report.chosen), markup=False)
     errors = sum(o.error is not None for o in report.outcomes)
-    Console().print(
+    Console(soft_wrap=True).print(
         f"{len(report.outcomes)} outcomes ({report.sent} measured now, {errors} errors); "
         f"chosen budgets: {report.chosen}\n"
         f"wrote {out}/eval.md, eval.csv, eval.json, {len(report.plots)} plots, "

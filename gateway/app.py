@@ -13,6 +13,7 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from budgets.snapshot import fresh
 from gateway.backends.pool import Pool, build_transport
 from gateway.backends.scraper import BackendScraper
 from gateway.budgeting import BudgetService, build_store
@@ -22,6 +23,7 @@ from gateway.policy_state import build_state
 from gateway.reload import ConfigWatcher
 from gateway.services import Services
 from gateway.settings import Settings
+from metrics.backends import BackendCollector, ReplicaView
 from metrics.registry import Metrics
 from routing.config import BackendPool, DeliberateConfig
 from routing.loader import load_config
@@ -35,6 +37,21 @@ def gateway_version() -> str:
         return version("deliberate-gateway")
     except PackageNotFoundError:
         return "unknown"
+
+
+def replica_views(scraper: BackendScraper) -> list[ReplicaView]:
+    """Every scraped replica for the backend collector (``up`` = healthy and fresh)."""
+    now = scraper.clock()
+    views = []
+    for pool in scraper.pools.values():
+        for replica in pool.replicas:
+            snap = scraper.snapshot(replica.url)
+            age = None if snap is None else now - snap.sample.taken_at
+            up = (
+                snap is not None and fresh(snap, now, scraper.stale_after_s) and snap.sample.healthy
+            )
+            views.append(ReplicaView(pool.name, replica.url, up, age, snap))
+    return views
 
 
 def create_app(
@@ -65,16 +82,20 @@ def create_app(
         )
         app.state.services = Services(
             settings=settings,
-            state=build_state(cfg, None if config is not None else settings.config),
+            state=build_state(cfg, settings.config),
             pools=pools,
             metrics=metrics,
-            budgets=BudgetService(cfg, store, metrics),
+            budgets=BudgetService(
+                cfg, store, metrics, tenant_labels=settings.metrics_tenant_labels
+            ),
             scraper=scraper,
         )
         # First probe before serving, so max_model_len and health are known; never blocks
         # start-up for long, and a down backend just starts marked down.
         await asyncio.gather(*(p.probe_all(settings.ready_timeout_s) for p in pools.values()))
         await scraper.scrape_once()  # admission starts with live state, not "unknown"
+        metrics.init_routes([(r.name, r.strategy) for r in cfg.routes])
+        metrics.registry.register(BackendCollector(lambda: replica_views(scraper)))
         loops = [asyncio.create_task(p.health_loop()) for p in pools.values()]
         loops.append(asyncio.create_task(scraper.run()))
         if config is None and settings.reload_interval_s > 0:

@@ -77,6 +77,7 @@ class BudgetService:
         store: BudgetStore,
         metrics: Metrics,
         env: Mapping[str, str] | None = None,
+        tenant_labels: bool = False,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -84,6 +85,7 @@ class BudgetService:
         for warning in self.tenants.warnings:
             log.warning("config: %s", warning)
         self._in_flight = 0
+        self._tenant_labels = tenant_labels
         self._background: set[asyncio.Future[Any]] = set()
 
     def authenticate(self, authorization: str | None) -> Tenant:
@@ -117,6 +119,10 @@ class BudgetService:
             raise self._denied(result, tokens)
         ctx.reservation = result.reservation
         ctx.extra_headers.update(ratelimit_headers(result.quotas))
+        if self._tenant_labels:  # opt-in: tenant names become label values
+            for q in result.quotas:
+                if q.kind == "tokens":
+                    self.metrics.tenant_remaining.labels(tenant.name, q.window).set(q.remaining)
         self._in_flight += 1
         self.metrics.reservations_in_flight.set(self._in_flight)
 

@@ -18,6 +18,7 @@ from gateway.backends.prm import PrmVerifier
 from gateway.context import RequestContext
 from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
 from gateway.sse import format_event
+from metrics.detail import StrategyStats
 from routing.config import Route
 from strategies.base import (
     BudgetExhausted,
@@ -160,8 +161,35 @@ async def run_route(
     if budget.exhausted_by is not None and result.stop_reason == "budget":
         result = replace(result, info={**result.info, "cap": budget.exhausted_by})
     ctx.usage = result.usage
+    ctx.stats = strategy_stats(result)
+    ctx.hidden_sources = {_HIDDEN_SOURCE.get(route.strategy, "candidates"): result.usage.hidden}
     ctx.mark_first_token()
     return result
+
+
+# What a strategy's hidden tokens mostly are (metrics: deliberate_hidden_tokens_total{source}).
+_HIDDEN_SOURCE = {"bounded-reasoning": "thinking", "refine": "critique"}
+
+
+def _number(info: Mapping[str, Any], key: str) -> float | None:
+    value = info.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def strategy_stats(result: StrategyResult) -> StrategyStats:
+    """The metrics view of a strategy's ``deliberate`` info."""
+    info = result.info
+    samples, calls = _number(info, "samples"), _number(info, "backend_calls")
+    verifier = info.get("verifier") or info.get("scorer")
+    return StrategyStats(
+        samples=int(samples) if samples is not None else None,
+        backend_calls=int(calls) if calls is not None else None,
+        stop_reason=result.stop_reason,
+        verifier=str(verifier) if verifier else None,
+        verifier_calls=int(_number(info, "verifier_calls") or 0),
+        verifier_seconds=_number(info, "prm_seconds"),
+        vote_margin=_number(info, "vote_margin"),
+    )
 
 
 def _extension(route: Route, result: StrategyResult, ctx: RequestContext) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgets.ledger import Reservation
+from metrics.detail import Detail, StrategyStats
 from metrics.registry import Outcome, RequestRecord
 from routing.decision import Decision
 from strategies.usage import Usage
@@ -43,7 +44,13 @@ class RequestContext:
     requested_route: str | None = None  # set when admission stepped the route down
     downgrade_cause: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
+    hidden_sources: dict[str, int] = field(default_factory=dict)
+    token_gaps_s: list[float] = field(default_factory=list)  # between streamed content chunks
+    stats: StrategyStats | None = None
+    kv_bytes: tuple[float, float] | None = None
+    prompt_preview: str | None = None  # only with DELIBERATE_LOG_PROMPTS
     _recorded: bool = False
+    _last_token: float | None = None
 
     def headers(self) -> dict[str, str]:
         """``x-deliberate-*`` headers for what is known, plus ``x-request-id``."""
@@ -77,7 +84,15 @@ class RequestContext:
 
     def mark_first_token(self) -> None:
         if self.ttft_s is None:
-            self.ttft_s = time.perf_counter() - self.started
+            self._last_token = time.perf_counter()
+            self.ttft_s = self._last_token - self.started
+
+    def mark_token(self) -> None:
+        """A later streamed content chunk: note the gap since the previous one."""
+        now = time.perf_counter()
+        if self._last_token is not None:
+            self.token_gaps_s.append(now - self._last_token)
+        self._last_token = now
 
     def finish(self) -> RequestRecord | None:
         """The metrics record, the first time only (later calls return None)."""
@@ -91,4 +106,5 @@ class RequestContext:
             duration_s=time.perf_counter() - self.started,
             ttft_s=self.ttft_s,
             usage=self.usage,
+            detail=Detail(self.hidden_sources, self.token_gaps_s, self.stats, self.kv_bytes),
         )

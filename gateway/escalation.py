@@ -60,6 +60,7 @@ async def run_cascade(
         metrics.escalations.labels(klass, route.name, target.name, "kept").inc()
         usage = first.usage + check
         ctx.usage = usage
+        ctx.hidden_sources = {**ctx.hidden_sources, "judge": check.completion}
         result = replace(
             first, usage=usage, info={**first.info, "escalation": {**info, "escalated": False}}
         )
@@ -82,6 +83,10 @@ async def run_cascade(
         hidden=generated - visible,
     )
     ctx.usage = usage
+    # Hidden by source: the first attempt (and the check) vs what the stronger route hid.
+    first_hidden = first.usage.completion + check.completion - (visible if seed_won else 0)
+    (source,) = ctx.hidden_sources or {"candidates": 0}  # set by the second run_route
+    ctx.hidden_sources = {source: usage.hidden - first_hidden, "escalation": first_hidden}
     result = replace(
         second,
         usage=usage,

@@ -163,7 +163,8 @@ def _annotate(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> by
 def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bool:
     """Update ``ctx`` from one event; return whether to forward it."""
     if ctx.ttft_s is not None and b'"usage"' not in event and b'"error"' not in event:
-        return True  # hot path: nothing left to learn from an ordinary content chunk
+        ctx.mark_token()  # hot path: only the pacing is left to learn from a content chunk
+        return True
     data = event_data(event)
     if data is None or data == DONE:
         return True

@@ -16,9 +16,7 @@ import httpx
 import orjson
 from pydantic import BaseModel
 
-from budgets.estimates import (
-    worst_case_tokens,
-)
+from budgets.estimates import kv_tokens, worst_case_tokens
 from budgets.limits import (
     check_context,
     check_shape,
@@ -42,6 +40,7 @@ from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from routing.config import Route
+from routing.features import message_text
 from strategies.base import Deadline, StrategyResult
 
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -76,6 +75,8 @@ async def complete(
     """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body for ``tenant``."""
     state = services.state  # one policy for the whole request, whatever reloads meanwhile
     payload = parse_payload(raw, _SCHEMAS[endpoint])
+    if services.settings.log_prompts:
+        ctx.prompt_preview = prompt_preview(payload)
     decision = decide(services, state, endpoint, payload, len(raw), tenant)
     ctx.decision = decision
     requested = state.config.route(decision.route)
@@ -102,6 +103,12 @@ async def complete(
         n = payload["n"] if isinstance(payload.get("n"), int) else 1
     shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
     ctx.token_ceiling = worst_case_tokens(prompt_tokens, shape, n)
+    if (kv_shape := pool.config.kv.shape) is not None:
+        per_token = kv_shape.kv_bytes_per_token
+        ctx.kv_bytes = (
+            kv_tokens(prompt_tokens, shape) * per_token,
+            kv_tokens(prompt_tokens, shape, shared=False) * per_token,
+        )
     if route.escalate_to is not None:  # the cascade may run both routes (+ one check)
         target = state.config.route(route.escalate_to.route)
         target_pool = services.pools[target.backend]
@@ -226,3 +233,14 @@ async def count_prompt_tokens(
         await upstream.aclose()
     count = data.get("count") if isinstance(data, dict) else None
     return count if isinstance(count, int) else None
+
+
+def prompt_preview(payload: dict[str, Any]) -> str:
+    """The last user message (or the prompt), cut to 500 characters, for the access log."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        text = message_text(users[-1].get("content")) if users else ""
+    else:
+        text = str(payload.get("prompt", ""))
+    return text[:500]

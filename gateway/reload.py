@@ -54,6 +54,7 @@ class ConfigWatcher:
             services.metrics.config_reloads.labels("error").inc()
             return False
         services.state = state
+        services.metrics.init_routes([(r.name, r.strategy) for r in cfg.routes])
         services.budgets.tenants = TenantDirectory.build(cfg.tenants, os.environ)
         for warning in services.budgets.tenants.warnings:
             log.warning("config: %s", warning)

@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         2.0, ge=0, description="How often the policy file is checked for changes; 0 = never."
     )
+    access_log: bool = Field(True, description="One JSON line per request on deliberate.access.")
+    log_prompts: bool = Field(
+        False, description="Include the last user message (500 chars) in access-log lines."
+    )
+    metrics_tenant_labels: bool = Field(
+        False,
+        description="Export deliberate_tenant_budget_remaining_tokens{tenant} (tenant names as labels).",
+    )
     ready_timeout_s: float = Field(
         2.0, gt=0, description="Per-replica timeout of the /ready probe."
     )

@@ -11,6 +11,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from metrics.detail import Detail, DetailMetrics
 from strategies.usage import Usage
 
 Outcome = Literal[
@@ -57,6 +58,7 @@ class RequestRecord:
     duration_s: float
     ttft_s: float | None = None
     usage: Usage = Usage()
+    detail: Detail = Detail()
 
 
 class Metrics:
@@ -140,6 +142,13 @@ class Metrics:
             ["class", "from_route", "to_route", "outcome"],
             registry=registry,
         )
+        self.tenant_remaining = Gauge(
+            "deliberate_tenant_budget_remaining_tokens",
+            "Tokens left in a tenant's window (only with DELIBERATE_METRICS_TENANT_LABELS=true).",
+            ["tenant", "window"],
+            registry=registry,
+        )
+        self.detail = DetailMetrics(registry)
         self.build_info = Gauge(
             "deliberate_build_info",
             "Gateway version (value is always 1).",
@@ -147,6 +156,17 @@ class Metrics:
             registry=registry,
         )
         self.build_info.labels(version=version).set(1)
+
+    def init_routes(self, routes: list[tuple[str, str]]) -> None:
+        """Create every route's series at zero ((name, strategy) pairs), so dashboards and
+        alerts have series before the first request."""
+        for name, strategy in routes:
+            self.requests.labels(name, strategy, "ok")
+            self.request_duration.labels(name)
+            self.ttft.labels(name)
+            for kind in ("prompt", "visible", "hidden"):
+                self.tokens.labels(name, kind)
+            self.detail.init_route(name)
 
     def reject(self, route: str, reason: RejectReason) -> None:
         self.rejections.labels(route, reason).inc()
@@ -168,3 +188,5 @@ class Metrics:
         ):
             if n:
                 self.tokens.labels(rec.route, kind).inc(n)
+        u = rec.usage
+        self.detail.record(rec.route, u.completion, u.hidden, u.prompt + u.completion, rec.detail)

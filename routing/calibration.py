@@ -6,9 +6,8 @@ records an ``Outcome`` per (item, route, budget); everything here takes and retu
 How a budget B is applied to a route (``apply_budget``; the same edit makes the variants that
 are measured and the calibrated policy file, so the file says what was measured):
 
-- ``single-pass``: nothing in the route (it has no parameters); the runner sends
-  ``max_tokens: B`` in each request, and the policy file only records B in ``measured.budget``
-  (clients keep choosing their own ``max_tokens`` on the pass-through route).
+- ``single-pass``: ``budget.max_visible_tokens`` = B (the runner also sends ``max_tokens: B``),
+  so the calibrated route serves answers of the length that was measured.
 - ``bounded-reasoning``: B is the thinking budget (``params.budget``) and the answer cap
   (``params.max_tokens``), so a request generates at most 2B (less under the route's caps).
 - every other strategy: ``params.max_tokens`` = B (per candidate, per step for prm-search).
@@ -194,7 +193,8 @@ def apply_budget(route: Mapping[str, Any], budget: int) -> dict[str, Any]:
     """A copy of the route (as in the YAML) with budget B applied (see the module doc)."""
     out = copy.deepcopy(dict(route))
     strategy = out.get("strategy")
-    if strategy == "single-pass":
+    if strategy == "single-pass":  # the answer's cap (clients' max_tokens are cut to it)
+        out["budget"] = {**dict(out.get("budget") or {}), "max_visible_tokens": budget}
         return out
     params = dict(out.get("params") or {})
     if strategy == "bounded-reasoning":

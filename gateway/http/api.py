@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from gateway.access_log import log_access
 from gateway.context import RequestContext, request_id_from
 from gateway.decide import Endpoint, explain
 from gateway.errors import (
@@ -82,8 +83,15 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
     finally:
         if not streaming:
             await services.budgets.settle(ctx)
-            if (rec := ctx.finish()) is not None:
-                services.metrics.record(rec)
+            finish(services, ctx)
+
+
+def finish(services: Services, ctx: RequestContext) -> None:
+    """Record the request's metrics and access-log line, once."""
+    if (rec := ctx.finish()) is not None:
+        services.metrics.record(rec)
+        if services.settings.access_log:
+            log_access(ctx, rec)
 
 
 class RelayResponse(StreamingResponse):
@@ -113,8 +121,7 @@ class RelayResponse(StreamingResponse):
                 if not self._ctx.stream_done and self._ctx.outcome == "ok":
                     self._ctx.outcome = "cancelled"  # the client left before the end
                 await self._services.budgets.settle(self._ctx)
-                if (rec := self._ctx.finish()) is not None:
-                    self._services.metrics.record(rec)
+                finish(self._services, self._ctx)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

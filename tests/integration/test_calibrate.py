@@ -51,3 +51,36 @@ async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
         measured = cfg.route(name).measured["all"]
         assert measured.items == 6 and measured.budget == 32 and measured.tokens > 0
     assert report.predictor_path is not None and report.predictor_path.stat().st_size > 0
+
+    # The calibrated policy, hot-reloaded into a RUNNING gateway, routes `model: "auto"` by it.
+    import shutil
+    import time
+
+    import httpx
+
+    from tests.integration.conftest import gateway_process
+
+    live = out / "live.yaml"  # next to predictor.json, which the calibrated file names
+    live.write_text(config.read_text())
+    with gateway_process(live, tmp_path, {"DELIBERATE_RELOAD_INTERVAL_S": "0.5"}) as (url, _):
+        ask = {"model": "auto", "messages": items[0].messages}
+        before = httpx.post(url + "/v1/route/explain", json=ask, timeout=30).json()
+        assert all(c["quality_source"] == "unknown" for c in before["candidates"])
+        shutil.copy(report.config_path, live)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            metrics = httpx.get(url + "/metrics", timeout=5).text
+            if 'deliberate_config_reloads_total{result="ok"} 1.0' in metrics:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the calibrated policy was not reloaded")
+        after = httpx.post(url + "/v1/route/explain", json=ask, timeout=30).json()
+        sources = {c["route"]: c["quality_source"] for c in after["candidates"]}
+        for name in routes:  # calibrated: measured table + learned predictor
+            assert sources[name] == "blend", after
+        r = httpx.post(url + "/v1/chat/completions", json=ask, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-deliberate-route"] == after["route"]
+        assert r.headers["x-deliberate-class"] == after["request_class"]
+        assert "q=" in r.headers["x-deliberate-reason"]

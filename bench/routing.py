@@ -16,6 +16,15 @@ at no more than 35 % of its generated tokens.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's directory comes first on sys.path and its name would shadow the
+# `routing` package: look the project's packages up from the repository root instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
 import argparse
 import asyncio
 import json
@@ -23,7 +32,6 @@ import random
 import statistics
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx

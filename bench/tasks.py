@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from routing.evalset import (
+from routing.tasks import (
     CATEGORIES,
     FAMILIES,
     LETTER_SUFFIX,

@@ -1,4 +1,4 @@
-"""routing/evalset.py: the benchmark's task families (unchanged outputs), the calibration eval
+"""routing/tasks.py + routing/evalset.py: the benchmark's task families (unchanged outputs), the calibration eval
 set (easy/hard mix, classes, JSONL) and answer checking."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from routing import evalset
+from routing import tasks as evalset  # the task families live in routing.tasks
 from routing.evalset import EvalItem, EvalSetError, check_answer, make_eval_set
 
 # --- the benchmark's suite is pinned: published numbers depend on these exact outputs ----------

@@ -196,6 +196,7 @@ def _extension(route: Route, result: StrategyResult, ctx: RequestContext) -> dic
     return {
         "route": route.name,
         "strategy": route.strategy,
+        **ctx.decision_info(),
         **ctx.admission_info(),
         "stop_reason": result.stop_reason,
         **result.info,

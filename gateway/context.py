@@ -71,16 +71,18 @@ class RequestContext:
         return h
 
     def admission_info(self) -> dict[str, Any]:
-        """For the response's ``deliberate`` object: the class, and the requested route and
-        why it changed when admission stepped it down."""
-        info: dict[str, Any] = {}
-        if self.decision is not None and self.decision.source == "policy":
-            info["class"] = self.decision.request_class
-            info["decision"] = self.decision.header_reason()
-        if self.requested_route is not None:
-            info["requested_route"] = self.requested_route
-            info["downgrade_cause"] = self.downgrade_cause
-        return info
+        """For the response's ``deliberate`` object: the requested route and why it changed,
+        when admission stepped it down (empty otherwise)."""
+        if self.requested_route is None:
+            return {}
+        return {"requested_route": self.requested_route, "downgrade_cause": self.downgrade_cause}
+
+    def decision_info(self) -> dict[str, Any]:
+        """The router's class and reason, for a multi-call route's ``deliberate`` object
+        (pass-through answers carry them in the headers only)."""
+        if self.decision is None or self.decision.source != "policy":
+            return {}
+        return {"class": self.decision.request_class, "decision": self.decision.header_reason()}
 
     def mark_first_token(self) -> None:
         if self.ttft_s is None:

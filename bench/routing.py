@@ -124,8 +124,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "accuracy": correct / len(rs),
                 "ci": [lo, hi],
                 "generated_per_item": statistics.mean(r["generated"] for r in rs),
-                "p50_ms": percentile(lat, 0.5),
-                "p95_ms": percentile(lat, 0.95),
+                "p50_ms": percentile(lat, 50),
+                "p95_ms": percentile(lat, 95),
                 "errors": sum(r["status"] != 200 for r in rs),
             }
         )

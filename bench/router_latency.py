@@ -45,14 +45,19 @@ def main() -> None:
     rules_only = Router(cfg, None)
     prompts = [item.messages for item in make_eval_set(200, seed=3)]
     rows = []
-    for name, router in (("rules + policy", rules_only), ("rules + policy + predictor", with_predictor)):
+    for name, router in (
+        ("rules + policy", rules_only),
+        ("rules + policy + predictor", with_predictor),
+    ):
         measure(router, prompts, 200)  # warm up
         rows.append({"path": name, **measure(router, prompts, 5000)})
     print("| path | p50 µs | p99 µs | mean µs |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['path']} | {r['p50_us']} | {r['p99_us']} | {r['mean_us']} |")
     out = ROOT / "bench" / "results" / "router_latency.json"
-    out.write_text(json.dumps({"benchmark": "router-latency", "calls": 5000, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps({"benchmark": "router-latency", "calls": 5000, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@ and the alerts fire (and stay quiet) when they should, per `promtool test rules`
 
 promtool comes with Debian's `prometheus` package. When it is missing and the
 tests run as root (developer machines and CI here), the session fixture installs
-it with apt-get; otherwise the tests fail and say how to install it.
+it with apt-get (tests/prometheus_server.py); otherwise the tests fail and say how
+to install it.
+
+The shipped unit tests of the rules are configs/prometheus/alerts.test.yml: every
+alert has a case where it fires and one where it stays quiet.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,43 +20,22 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.prometheus_server import find_or_install
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "configs" / "prometheus"
 ALERTS_FILE = PROMETHEUS_DIR / "alerts.yml"
 PROMETHEUS_FILE = PROMETHEUS_DIR / "prometheus.yml"
 
-INSTALL_HINT = "install it with: apt-get update && apt-get install -y prometheus"
+ALERT_TESTS_FILE = PROMETHEUS_DIR / "alerts.test.yml"
 
-
-def _apt_install_prometheus() -> str:
-    """Install Debian's prometheus package; returns apt's output for error messages."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    output = []
-    for cmd in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        output.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{proc.stdout[-2000:]}")
-        output.append(proc.stderr[-2000:])
-        if proc.returncode != 0:
-            break
-    return "\n".join(output)
+SEVERITIES = {"critical", "warning"}
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """Path of promtool, installed through apt-get when missing and running as root."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.fail(f"promtool is not installed and cannot be installed from here; {INSTALL_HINT}")
-    log = _apt_install_prometheus()
-    found = shutil.which("promtool")
-    if not found:
-        pytest.fail(f"installing Debian's prometheus package did not provide promtool:\n{log}")
-    return found
+    return find_or_install("promtool")
 
 
 def _run(promtool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -75,6 +57,77 @@ def test_expected_alerts_are_defined() -> None:
     assert " ".join(str(alerts["BackendDown"]["expr"]).split()) == 'up{job="vllm"} == 0', (
         "BackendDown should fire on up{job='vllm'} == 0"
     )
+
+
+# The alerts added for the Observability issue, and a metric each must watch.
+EXPECTED_ALERTS = {
+    "DeliberateBackendReplicaDown": "deliberate_backend_up",
+    "DeliberateHighErrorRate": "deliberate_requests_total",
+    "DeliberateTTFTSLOBurnFast": "deliberate_ttft_seconds_bucket",
+    "DeliberateTTFTSLOBurnSlow": "deliberate_ttft_seconds_bucket",
+    "DeliberateHiddenTokenRatioSpike": "deliberate_tokens_total",
+    "DeliberateRequestTokensOutlier": "deliberate_request_tokens_bucket",
+    "DeliberateKVCachePressure": "deliberate_backend_kv_usage_ratio",
+    "DeliberateBudgetStoreErrors": "deliberate_budget_store_errors_total",
+    "DeliberateConfigReloadFailed": "deliberate_config_reloads_total",
+}
+
+_DURATION = re.compile(r"^(?:\d+[smhdwy])+$")
+
+
+def _rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_observability_alerts_are_defined() -> None:
+    alerts = _alerts()
+    for name, metric in EXPECTED_ALERTS.items():
+        assert name in alerts, f"alerts.yml has no alert {name}"
+        assert metric in str(alerts[name]["expr"]), f"{name} should watch {metric}"
+    # Multi-window burn alerts: a short and a long window each.
+    for name, windows in (
+        ("DeliberateTTFTSLOBurnFast", ("[5m]", "[1h]")),
+        ("DeliberateTTFTSLOBurnSlow", ("[30m]", "[6h]")),
+    ):
+        expr = " ".join(str(alerts[name]["expr"]).split())
+        assert all(w in expr for w in windows) and " and " in expr, (
+            f"{name} should require both {windows} windows: {expr}"
+        )
+
+
+def test_every_rule_has_for_severity_and_annotations() -> None:
+    rules = _rules()
+    names = [r.get("alert") for r in rules]
+    assert all(names), f"every rule of alerts.yml should be an alert: {names}"
+    assert len(names) == len(set(names)), f"duplicate alert names: {names}"
+    for rule in rules:
+        name = rule["alert"]
+        assert _DURATION.match(str(rule.get("for", ""))), f"{name} needs a `for` duration"
+        assert rule.get("labels", {}).get("severity") in SEVERITIES, (
+            f"{name} needs a severity label in {SEVERITIES}"
+        )
+        annotations = rule.get("annotations", {})
+        for key in ("summary", "description"):
+            assert str(annotations.get(key, "")).strip(), f"{name} needs a {key} annotation"
+
+
+def test_alert_unit_tests_cover_every_alert() -> None:
+    spec = yaml.safe_load(ALERT_TESTS_FILE.read_text(encoding="utf-8"))
+    assert [Path(f).name for f in spec["rule_files"]] == [ALERTS_FILE.name]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in spec["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    for name in sorted(_alerts()):
+        assert name in firing, f"{ALERT_TESTS_FILE.name} has no case where {name} fires"
+        assert name in quiet, f"{ALERT_TESTS_FILE.name} has no case where {name} stays quiet"
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    proc = _run(promtool, "test", "rules", ALERT_TESTS_FILE.name, cwd=PROMETHEUS_DIR)
+    assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 def test_promtool_check_rules(promtool: str) -> None:

@@ -19,7 +19,7 @@ from gateway.backends.scraper import BackendScraper
 from gateway.budgeting import BudgetService, build_store
 from gateway.http.api import router
 from gateway.http.errors import install_error_handlers
-from gateway.policy_state import build_state
+from gateway.policy_state import build_state, init_metrics
 from gateway.reload import ConfigWatcher
 from gateway.services import Services
 from gateway.settings import Settings
@@ -94,7 +94,7 @@ def create_app(
         # start-up for long, and a down backend just starts marked down.
         await asyncio.gather(*(p.probe_all(settings.ready_timeout_s) for p in pools.values()))
         await scraper.scrape_once()  # admission starts with live state, not "unknown"
-        metrics.init_routes([(r.name, r.strategy) for r in cfg.routes])
+        init_metrics(metrics, cfg)
         metrics.registry.register(BackendCollector(lambda: replica_views(scraper)))
         loops = [asyncio.create_task(p.health_loop()) for p in pools.values()]
         loops.append(asyncio.create_task(scraper.run()))

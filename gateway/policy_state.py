@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from metrics.registry import Metrics
 from routing.config import DeliberateConfig
 from routing.policy import RoutePredictor, Router
 from routing.resolve import RouteTable
@@ -44,3 +45,10 @@ def load_predictor(config: DeliberateConfig, config_path: Path | None) -> RouteP
 def build_state(config: DeliberateConfig, config_path: Path | None = None) -> PolicyState:
     predictor = load_predictor(config, config_path)
     return PolicyState(config, RouteTable(config), Router(config, predictor))
+
+
+def init_metrics(metrics: Metrics, config: DeliberateConfig) -> None:
+    """Create the series of every route, ladder step and cascade of ``config`` at zero."""
+    ladders = [(r.name, lower.name) for r in config.routes for lower in config.ladder(r.name)[1:]]
+    cascades = [(r.name, r.escalate_to.route) for r in config.routes if r.escalate_to]
+    metrics.init_routes([(r.name, r.strategy) for r in config.routes], ladders, cascades)

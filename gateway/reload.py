@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from budgets.tenants import TenantDirectory
-from gateway.policy_state import PredictorUnavailable, build_state
+from gateway.policy_state import PredictorUnavailable, build_state, init_metrics
 from gateway.services import Services
 from routing.loader import ConfigError, load_config
 
@@ -54,7 +54,7 @@ class ConfigWatcher:
             services.metrics.config_reloads.labels("error").inc()
             return False
         services.state = state
-        services.metrics.init_routes([(r.name, r.strategy) for r in cfg.routes])
+        init_metrics(services.metrics, cfg)
         services.budgets.tenants = TenantDirectory.build(cfg.tenants, os.environ)
         for warning in services.budgets.tenants.warnings:
             log.warning("config: %s", warning)

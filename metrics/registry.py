@@ -6,8 +6,9 @@ file, ``outcome`` and ``kind`` from fixed sets. Prompts, keys and tenants never 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -157,16 +158,31 @@ class Metrics:
         )
         self.build_info.labels(version=version).set(1)
 
-    def init_routes(self, routes: list[tuple[str, str]]) -> None:
-        """Create every route's series at zero ((name, strategy) pairs), so dashboards and
-        alerts have series before the first request."""
+    def init_routes(
+        self,
+        routes: Sequence[tuple[str, str]],
+        ladders: Sequence[tuple[str, str]] = (),
+        cascades: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Create every route's series at zero ((name, strategy) pairs), and those of its
+        rare events (outcomes, rejections, each ``downgrade_to`` step, each cascade), so that
+        ``rate()`` sees the first one and dashboards and alerts have series before traffic."""
         for name, strategy in routes:
-            self.requests.labels(name, strategy, "ok")
+            for outcome in get_args(Outcome):
+                self.requests.labels(name, strategy, outcome)
+            for reason in get_args(RejectReason):
+                self.rejections.labels(name, reason)
             self.request_duration.labels(name)
             self.ttft.labels(name)
             for kind in ("prompt", "visible", "hidden"):
                 self.tokens.labels(name, kind)
             self.detail.init_route(name)
+        for requested, lower in ladders:
+            for cause in ("slo", "kv"):
+                self.downgrades.labels(requested, lower, cause)
+        for cheap, strong in cascades:
+            for outcome in ("kept", "escalated"):
+                self.escalations.labels("explicit", cheap, strong, outcome)
 
     def reject(self, route: str, reason: RejectReason) -> None:
         self.rejections.labels(route, reason).inc()

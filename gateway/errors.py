@@ -171,3 +171,11 @@ class BudgetStoreUnavailable(DeliberateError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "budget_store_unavailable"
+
+
+class ShuttingDown(DeliberateError):
+    """The gateway stopped before the answer was ready (drain timeout on SIGTERM) (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "shutting_down"

@@ -23,6 +23,7 @@ from gateway.errors import (
     DeliberateError,
     RateLimited,
     RequestTooLarge,
+    ShuttingDown,
 )
 from gateway.http.errors import error_response, json_response
 from gateway.pipeline import Answer, complete
@@ -75,8 +76,14 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
             services.metrics.reject(ctx.route or "none", reason)
         return error_response(request, e)
     except asyncio.CancelledError:
+        # Only the server cancels a handler (a leaving client is ClientDisconnected): the
+        # drain timeout of a shutdown ran out. The cleanup below still releases the
+        # reservation and the backend call was cancelled with us; answer 503 rather than
+        # letting the server log the cancellation as a crash.
         ctx.outcome = "cancelled"
-        raise
+        return error_response(
+            request, ShuttingDown("the gateway shut down before the answer was ready; retry")
+        )
     except Exception:
         ctx.outcome = "internal_error"
         raise
@@ -114,6 +121,8 @@ class RelayResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            pass  # the server's drain timeout ran out mid-stream; clean up and end quietly
         finally:
             try:
                 await self._answer.aclose()

@@ -186,7 +186,8 @@ def strategy_stats(result: StrategyResult) -> StrategyStats:
         backend_calls=int(calls) if calls is not None else None,
         stop_reason=result.stop_reason,
         verifier=str(verifier) if verifier else None,
-        verifier_calls=int(_number(info, "verifier_calls") or 0),
+        # best-of-n scores every candidate once when it uses a verifier
+        verifier_calls=int(_number(info, "verifier_calls") or (samples if verifier else 0) or 0),
         verifier_seconds=_number(info, "prm_seconds"),
         vote_margin=_number(info, "vote_margin"),
     )

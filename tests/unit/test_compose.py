@@ -627,7 +627,7 @@ def test_compose_routes_file_is_consistent(gpu_stack: dict[str, Any]) -> None:
 
 def test_compose_routes_file_passes_the_gateway_loader(gpu_stack: dict[str, Any]) -> None:
     # The same validation `deliberate serve` applies at start-up.
-    from routing.config import cross_reference_problems
+    from routing.references import cross_reference_problems
     from routing.loader import ConfigError, load_config
 
     path = gateway_routes_file(gpu_stack)

@@ -1,0 +1,147 @@
+"""Checks across sections of the policy file: names that must exist, be unique, or not loop.
+
+Each problem is ``(path, message)``; ``DeliberateConfig``'s validator joins them into the
+``file:path: message`` lines ``deliberate check-config`` prints.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from routing.config import DeliberateConfig
+
+
+def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
+    """Problems between sections (names that must exist or be unique), as ``(path, message)``."""
+    problems: list[tuple[str, str]] = []
+    pools = [b.name for b in cfg.backends]
+    routes = [r.name for r in cfg.routes]
+    for section, names in (("backends", pools), ("routes", routes)):
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                problems.append((f"{section}[{i}].name", f"duplicate name {n!r}"))
+            seen.add(n)
+    if cfg.default_route not in routes:
+        problems.append(("default_route", f"unknown route {cfg.default_route!r}; routes: {routes}"))
+    for i, r in enumerate(cfg.routes):
+        if r.name == "auto":
+            problems.append((f"routes[{i}].name", "'auto' is reserved for the router"))
+        prm = getattr(r.params, "prm_backend", None)
+        if prm is not None:
+            prm_pool = next((b for b in cfg.backends if b.name == prm), None)
+            if prm_pool is None:
+                problems.append(
+                    (
+                        f"routes[{i}].params.prm_backend",
+                        f"unknown backend {prm!r}; backends: {pools}",
+                    )
+                )
+            elif prm_pool.prm is None:
+                problems.append(
+                    (
+                        f"routes[{i}].params.prm_backend",
+                        f"backend {prm!r} has no `prm:` section (it must serve a PRM over /pooling)",
+                    )
+                )
+        if r.backend not in pools:
+            problems.append(
+                (f"routes[{i}].backend", f"unknown backend {r.backend!r}; backends: {pools}")
+            )
+    problems += _ladder_problems(cfg, routes)
+    problems += _tenant_problems(cfg)
+    problems += _policy_problems(cfg, routes)
+    for i, b in enumerate(cfg.backends):
+        if b.default_route is not None and b.default_route not in routes:
+            problems.append(
+                (
+                    f"backends[{i}].default_route",
+                    f"unknown route {b.default_route!r}; routes: {routes}",
+                )
+            )
+    return problems
+
+
+def _ladder_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    nxt = {r.name: r.downgrade_to for r in cfg.routes}
+    for i, r in enumerate(cfg.routes):
+        if r.downgrade_to is None:
+            continue
+        if r.downgrade_to not in nxt:
+            problems.append(
+                (f"routes[{i}].downgrade_to", f"unknown route {r.downgrade_to!r}; routes: {routes}")
+            )
+            continue
+        seen: list[str] = [r.name]
+        cur: str | None = r.downgrade_to
+        while cur is not None and cur in nxt:
+            if cur in seen:
+                cycle = " -> ".join([*seen, cur])
+                problems.append((f"routes[{i}].downgrade_to", f"the ladder loops: {cycle}"))
+                break
+            seen.append(cur)
+            cur = nxt[cur]
+    return problems
+
+
+def _tenant_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for i, t in enumerate(cfg.tenants):
+        if t.name in seen_names:
+            problems.append((f"tenants[{i}].name", f"duplicate name {t.name!r}"))
+        seen_names.add(t.name)
+        key = t.key_sha256 or f"env:{t.key_env}"
+        if key in seen_keys:
+            field = "key_sha256" if t.key_sha256 else "key_env"
+            problems.append((f"tenants[{i}].{field}", "another tenant has the same key"))
+        seen_keys.add(key)
+    return problems
+
+
+def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def need_route(path: str, name: str) -> None:
+        if name not in routes:
+            problems.append((path, f"unknown route {name!r}; routes: {routes}"))
+
+    classes = [c.name for c in cfg.classes]
+    seen: set[str] = set()
+    for i, c in enumerate(cfg.classes):
+        if c.name in seen:
+            problems.append((f"classes[{i}].name", f"duplicate name {c.name!r}"))
+        if c.name == "explicit":
+            problems.append(
+                (f"classes[{i}].name", "'explicit' is reserved (a route named in `model`)")
+            )
+        seen.add(c.name)
+    for i, r in enumerate(cfg.routes):
+        if r.escalate_to is not None:
+            need_route(f"routes[{i}].escalate_to.route", r.escalate_to.route)
+            if r.escalate_to.route == r.name:
+                problems.append(
+                    (f"routes[{i}].escalate_to.route", "a route cannot escalate to itself")
+                )
+    for i, t in enumerate(cfg.tenants):
+        if t.default_route is not None:
+            need_route(f"tenants[{i}].default_route", t.default_route)
+    p = cfg.policy
+    if p is None:
+        return problems
+    known = [*classes, p.default_class]
+    if p.default_class not in p.classes:
+        problems.append(
+            ("policy.default_class", f"{p.default_class!r} has no entry under policy.classes")
+        )
+    for name, cp in p.classes.items():
+        if name not in known:
+            problems.append((f"policy.classes.{name}", f"unknown class {name!r}; classes: {known}"))
+        for j, route in enumerate(cp.routes):
+            need_route(f"policy.classes.{name}.routes[{j}]", route)
+    for effort, route in p.effort_routes.items():
+        need_route(f"policy.effort_routes.{effort}", route)
+    return problems

@@ -25,7 +25,7 @@ from gateway.parsing import parse_payload
 from gateway.policy_state import PolicyState
 from gateway.schemas import ChatCompletionRequest
 from gateway.services import Services
-from routing.config import Route
+from routing.config import DeliberateConfig, Route
 from routing.decision import Decision
 from routing.policy import LiveLatency
 from routing.resolve import AUTO
@@ -66,17 +66,23 @@ async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, A
     }
 
 
-def check_route_serves(route: Route, endpoint: Endpoint, payload: dict[str, Any]) -> None:
-    """400 when a multi-call route is asked for what it cannot do (completions, n, tools)."""
-    if route.strategy == "single-pass":
+def check_route_serves(
+    route: Route, endpoint: Endpoint, payload: dict[str, Any], config: DeliberateConfig
+) -> None:
+    """400 when a multi-call route (or a cascade, which scores its first answer before the
+    client sees it) is asked for what it cannot do (completions, n, tools)."""
+    if route.strategy == "single-pass" and route.escalate_to is None:
         return
+    kind = route.strategy if route.escalate_to is None else f"{route.strategy}, a cascade"
     if endpoint != "chat":
         raise InvalidRequest(
-            f"route {route.name!r} ({route.strategy}) serves chat "
-            "completions only; /v1/completions is single-pass",
+            f"route {route.name!r} ({kind}) serves chat completions only; "
+            "/v1/completions needs a plain single-pass route",
             param="model",
         )
     check_request(route, payload)
+    if route.escalate_to is not None:
+        check_request(config.route(route.escalate_to.route), payload)
 
 
 def request_shape(
@@ -109,12 +115,21 @@ def decide(
 ) -> Decision:
     """The router's decision (404 when ``model`` names nothing known); ``record`` counts it."""
     model = payload["model"]
-    if endpoint == "completions":  # legacy completions are single-pass: auto = default route
-        messages: list[dict[str, Any]] = [{"role": "user", "content": payload.get("prompt")}]
-        if model == AUTO:
-            model = state.config.default_route
+    if endpoint == "completions":
+        prompt = payload.get("prompt")
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": prompt if isinstance(prompt, str) else ""}
+        ]
     else:
         messages = payload["messages"]
+
+    def unfit(route: Route) -> str | None:
+        try:
+            check_route_serves(route, endpoint, payload, state.config)
+        except InvalidRequest as e:
+            return e.param or "request"
+        return None
+
     n_messages = len(messages)
 
     def live(route: Route) -> LiveLatency | None:
@@ -143,6 +158,7 @@ def decide(
         reasoning_effort=payload.get("reasoning_effort"),
         tenant_route=tenant.default_route if model == AUTO else None,
         live=live,
+        unfit=unfit,
     )
     if decision is not None and record:
         services.metrics.decisions.labels(
@@ -176,7 +192,8 @@ def admit_route(
 
     def check(route: Route) -> RungCheck:
         pool = services.pools[route.backend]
-        if (unfit := unfit_reason(route, endpoint, payload, prompt_tokens, pool)) is not None:
+        unfit = unfit_reason(route, endpoint, payload, prompt_tokens, pool, state.config)
+        if unfit is not None:
             return RungCheck(route.name, False, 0.0, None, f"unfit:{unfit}")
         shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
         load = services.scraper.load(route.backend) if services.scraper else None
@@ -201,11 +218,16 @@ def admit_route(
 
 
 def unfit_reason(
-    route: Route, endpoint: Endpoint, payload: dict[str, Any], prompt_tokens: int, pool: Pool
+    route: Route,
+    endpoint: Endpoint,
+    payload: dict[str, Any],
+    prompt_tokens: int,
+    pool: Pool,
+    config: DeliberateConfig,
 ) -> str | None:
     """Why a lower rung could not serve this request at all (so admission skips it)."""
     try:
-        check_route_serves(route, endpoint, payload)
+        check_route_serves(route, endpoint, payload, config)
     except InvalidRequest as e:
         return e.param or "request"
     if pool.max_model_len is not None and prompt_tokens >= pool.max_model_len:

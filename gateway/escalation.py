@@ -7,6 +7,7 @@ picks another one, and the check itself) is counted as hidden.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -15,12 +16,13 @@ from gateway.backends.generator import VLLMGenerator
 from gateway.backends.pool import Pool
 from gateway.compute import run_route
 from gateway.context import RequestContext
+from gateway.errors import DeliberateError
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig, Route
 from strategies.answers import ExtractSpec, extract_answer
 from strategies.base import StrategyResult
 from strategies.best_of_n import question_of
-from strategies.ports import Candidate, GenChoice
+from strategies.ports import Candidate, GenChoice, Score
 from strategies.usage import Usage
 from strategies.verifiers.registry import VerifierContext, build_verifier
 
@@ -46,8 +48,14 @@ async def run_cascade(
     generator = VLLMGenerator(pools[route.backend], ctx.request_id)
     verifier = build_verifier(esc.verifier, VerifierContext(generator=generator), {})
     answer = extract_answer(text, spec if isinstance(spec, ExtractSpec) else ExtractSpec())
-    [score] = await verifier.score(question_of(payload["messages"]), [Candidate(0, text, answer)])
+    question = question_of(payload["messages"])
+    try:  # the check may not outlive the cheap route's deadline
+        async with asyncio.timeout(route.budget.deadline_s):
+            [score] = await verifier.score(question, [Candidate(0, text, answer)])
+    except TimeoutError:
+        score = Score(1.0, "check timed out: the first answer stands")
     check = Usage(prompt=score.usage.prompt, hidden=score.usage.completion)
+    ctx.usage = first.usage + check  # what the stronger route's share of the reservation sees
     klass = ctx.decision.request_class if ctx.decision else "none"
     info = {
         "from_route": route.name,
@@ -61,6 +69,8 @@ async def run_cascade(
         usage = first.usage + check
         ctx.usage = usage
         ctx.hidden_sources = {**ctx.hidden_sources, "judge": check.completion}
+        ctx.ttft_s = None
+        ctx.mark_first_token()  # the answer is released after the check
         result = replace(
             first, usage=usage, info={**first.info, "escalation": {**info, "escalated": False}}
         )
@@ -73,7 +83,14 @@ async def run_cascade(
         )
     c = first.choices[0]
     seed = GenChoice(0, c.text, first.usage.visible, c.finish_reason, reasoning=c.reasoning)
-    second = await run_route(target, pools, payload, ctx, note, seeds=(seed,))
+    ctx.ttft_s = None  # the answer the client sees now comes after the stronger route
+    try:
+        second = await run_route(target, pools, payload, ctx, note, seeds=(seed,))
+    except DeliberateError as e:  # deadline, caps, backend: the first answer is still an answer
+        ctx.usage = first.usage + check
+        ctx.mark_first_token()
+        failed = {**info, "escalated": False, "escalation_failed": e.message}
+        return route, replace(first, usage=ctx.usage, info={**first.info, "escalation": failed})
     seed_won = bool(second.info.get("seed_chosen"))
     generated = first.usage.completion + second.usage.completion + check.completion
     visible = first.usage.visible if seed_won else second.usage.visible

@@ -21,15 +21,22 @@ def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
     try:
-        schema.model_validate(payload)
+        validated = schema.model_validate(payload)
     except ValidationError as e:
         param, message = describe_validation_error(e)
         raise InvalidRequest(message, param=param) from e
+    # pydantic accepts 3.0 for an int field; every limit below compares ints, so the checked
+    # value (not the client's spelling) is what travels on.
+    for key in _INT_FIELDS:
+        value = payload.get(key)
+        if isinstance(value, float):
+            payload[key] = getattr(validated, key)
     return payload
 
 
 # pydantic names the member of a union that failed ("str", "list[str]", "ChatMessage"...) in
 # the error location; clients need the field, so the location is cut before such a tag.
+_INT_FIELDS = ("n", "max_tokens", "max_completion_tokens", "seed", "top_logprobs", "best_of")
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
 
 

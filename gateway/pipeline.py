@@ -88,17 +88,17 @@ async def complete(
         raise InvalidRequest(v.message, param=v.param, code=v.code)
     pool = services.pools[requested.backend]
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
-    check_route_serves(requested, endpoint, payload)
+    check_route_serves(requested, endpoint, payload, state.config)
 
     route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
     if route is not requested:
         ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
-        check_route_serves(route, endpoint, payload)
+        check_route_serves(route, endpoint, payload, state.config)
         if route.backend != requested.backend:
             pool = services.pools[route.backend]
             prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     n = 1
-    if route.strategy == "single-pass":
+    if route.strategy == "single-pass" and route.escalate_to is None:
         apply_single_pass_caps(route, payload, endpoint)
         n = payload["n"] if isinstance(payload.get("n"), int) else 1
     shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)

@@ -203,8 +203,12 @@ class DeliberateConfig(_Strict):
         return [b.name for b in self.backends if b.name in used]
 
     def route(self, name: str) -> Route:
-        """The route called ``name`` (validated to exist wherever it is referenced)."""
-        return next(r for r in self.routes if r.name == name)
+        """The route called ``name`` (validated to exist wherever it is referenced);
+        ``KeyError`` otherwise."""
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(f"no route {name!r}")
 
     def ladder(self, name: str) -> list[Route]:
         """``name`` and the routes its ``downgrade_to`` chain steps down to (validated acyclic)."""

@@ -11,7 +11,7 @@ blends the measured table (calibration) with the learned predictor. Pure and syn
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from routing.classify import Classifier
@@ -37,6 +37,8 @@ class LiveLatency:
 
 
 LiveFn = Callable[[Route], LiveLatency | None]
+UnfitFn = Callable[[Route], str | None]
+"""Why a route cannot serve this request at all (``n``, ``tools``, the endpoint), or None."""
 
 
 class Router:
@@ -59,25 +61,36 @@ class Router:
         reasoning_effort: str | None = None,
         tenant_route: str | None = None,
         live: LiveFn | None = None,
+        unfit: UnfitFn | None = None,
     ) -> Decision | None:
-        """The decision for a request, or None when ``model`` names nothing known."""
+        """The decision for a request, or None when ``model`` names nothing known. A hint
+        (tenant default, effort) naming a route that cannot serve the request is passed over,
+        and so are such candidates of the class."""
+
+        def serves(route: Route) -> bool:
+            return unfit is None or unfit(route) is None
+
         if model != AUTO:
             route = self.table.resolve(model)
             if route is None:
                 return None
             return self._fixed("explicit", route, "named in model")
-        if tenant_route is not None:
-            return self._fixed("tenant", self.config.route(tenant_route), "tenant default")
+        by_name = self.table.route_by_name
+        if tenant_route is not None and (route := by_name(tenant_route)) and serves(route):
+            return self._fixed("tenant", route, "tenant default")
         policy = self.config.policy
         if policy is None:
-            return self._fixed("default", self.config.route(self.config.default_route), "no policy")
-        if reasoning_effort in policy.effort_routes:
-            route = self.config.route(policy.effort_routes[reasoning_effort])
+            default = self.config.route(self.config.default_route)
+            if not serves(default):  # e.g. /v1/completions and a multi-call default route
+                default = next((r for r in self.config.routes if serves(r)), default)
+            return self._fixed("default", default, "no policy")
+        effort_route = policy.effort_routes.get(reasoning_effort)  # type: ignore[call-overload]
+        if effort_route is not None and (route := by_name(effort_route)) and serves(route):
             return self._fixed("effort", route, f"reasoning_effort={reasoning_effort}")
         features = extract(messages, metadata)
         match = self.classifier.classify(features)
         class_policy = policy.classes.get(match.name) or policy.classes[policy.default_class]
-        return self.choose(match.name, match.why, class_policy, features, live)
+        return self.choose(match.name, match.why, class_policy, features, live, unfit)
 
     def _fixed(self, source: Any, route: Route, why: str) -> Decision:
         cls = "explicit" if source == "explicit" else source
@@ -91,12 +104,16 @@ class Router:
         policy: ClassPolicy,
         features: Features,
         live: LiveFn | None,
+        unfit: UnfitFn | None = None,
     ) -> Decision:
         predicted = self._predictions(features, policy.routes)
-        views = [
-            self._view(self.config.route(name), request_class, policy, predicted, live)
-            for name in policy.routes
-        ]
+        views = []
+        for name in policy.routes:
+            view = self._view(self.config.route(name), request_class, policy, predicted, live)
+            if unfit is not None and (why := unfit(self.config.route(name))) is not None:
+                view = replace(view, kept=False, why=f"cannot serve this request ({why})")
+            views.append(view)
+        servable = [v for v in views if not v.why.startswith("cannot serve")] or views
         kept = [v for v in views if v.kept]
         good = [v for v in kept if v.quality is not None and v.quality >= policy.min_quality]
         if good:
@@ -105,8 +122,8 @@ class Router:
             pick = max(kept, key=lambda v: (v.quality if v.quality is not None else -1, -v.cost))
             why = f"no route predicted q>={policy.min_quality:g}; best quality within the SLO"
         else:
-            pick = min(views, key=lambda v: v.latency_ms if v.latency_ms is not None else 0.0)
-            why = "no route meets the latency SLO; the fastest"
+            pick = min(servable, key=lambda v: v.latency_ms if v.latency_ms is not None else 0.0)
+            why = "no route meets the latency SLO (or can serve); the fastest"
         route = self.config.route(pick.route)
         esc = route.escalate_to.route if route.escalate_to else None
         return Decision(request_class, pick.route, "policy", why, class_why, tuple(views), esc)

@@ -28,6 +28,9 @@ class RouteTable:
             if name is not None:
                 self._by_model[pool.model] = self._by_name[name]
 
+    def route_by_name(self, name: str) -> Route | None:
+        return self._by_name.get(name)
+
     def resolve(self, model: str) -> Route | None:
         """The route for ``model``, or None when it names nothing known."""
         if model == AUTO:

@@ -229,3 +229,19 @@ async def test_cancelled_reserve_releases_what_the_store_committed() -> None:
     await budgets.drain(2.0)
     assert await store.committed("t", "minute") == 0
     assert store.open_reservations() == 0
+
+
+async def test_integral_floats_cannot_slip_past_limits(gateway: Factory, fake: FakeVLLM) -> None:
+    client, _ = await gateway(capped_config(max_total_tokens=100, max_candidates=2))
+    r = await client.post(
+        "/v1/chat/completions", json={**CHAT, "n": 3.0, "max_tokens": 50.0}, headers=AUTH
+    )
+    assert "max_candidates" in assert_openai_error(r, 400, "n")["message"]
+    r = await client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "max_completion_tokens": 1000.0, "n": 2.0},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    sent = fake.completions_received()[-1]
+    assert sent["n"] == 2 and sent["max_completion_tokens"] == 50  # 100 over 2 choices

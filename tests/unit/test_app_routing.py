@@ -183,3 +183,34 @@ async def test_hot_reload_swaps_policy_and_keeps_it_on_errors(
         assert (
             registry.get_sample_value("deliberate_config_reloads_total", {"result": "error"}) == 2
         )
+
+
+async def test_cascades_refuse_what_they_cannot_honour(gateway: Factory, fake: FakeVLLM) -> None:
+    raw = routing_raw()
+    raw["routes"][1]["budget"] = {"max_visible_tokens": 8}
+    client, _ = await gateway(DeliberateConfig.model_validate(raw))
+    r = await client.post("/v1/completions", json={"model": "cascade", "prompt": "2 + 2 ="})
+    assert "cascade" in assert_openai_error(r, 400, "model")["message"]
+    r = await client.post("/v1/chat/completions", json={**SUM, "model": "cascade", "n": 2})
+    assert_openai_error(r, 400, "n")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    r = await client.post("/v1/chat/completions", json={**SUM, "model": "cascade", "tools": tools})
+    assert_openai_error(r, 400, "tools")
+    # the cheap route's cap stays with the cheap route: the escalation target keeps its own
+    fake.replica(A).words = ("2 + 2 = 5. The answer is 5",)
+    r = await client.post("/v1/chat/completions", json={**SUM, "model": "cascade"})
+    assert r.status_code == 200, r.text
+    first, second = fake.completions_received()[-2:]
+    assert first["max_tokens"] == 8 and second["max_tokens"] == 16
+
+
+async def test_auto_passes_over_routes_that_cannot_serve(gateway: Factory) -> None:
+    client, _ = await gateway(DeliberateConfig.model_validate(routing_raw()))
+    r = await client.post("/v1/chat/completions", json={**SUM, "n": 2})  # vote takes no n>1
+    assert r.status_code == 200, r.text
+    assert r.headers["x-deliberate-route"] == "single"
+    e = (await client.post("/v1/route/explain", json={**SUM, "n": 2})).json()
+    vote = next(c for c in e["candidates"] if c["route"] == "vote")
+    assert not vote["kept"] and "cannot serve" in vote["why"]
+    r = await client.post("/v1/completions", json={"model": "auto", "prompt": "2 + 2 ="})
+    assert r.status_code == 200, r.text

@@ -20,7 +20,7 @@ from gateway.budgeting import BudgetService, build_store
 from gateway.http.api import router
 from gateway.http.errors import install_error_handlers
 from gateway.policy_state import build_state, init_metrics
-from gateway.reload import ConfigWatcher
+from gateway.reload import ConfigWatcher, file_stamp
 from gateway.services import Services
 from gateway.settings import Settings
 from metrics.backends import BackendCollector, ReplicaView
@@ -69,6 +69,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        seen = file_stamp(settings.config)  # before reading: an edit meanwhile is not missed
         cfg = config if config is not None else load_config(settings.config)
         for warning in clashes(cfg):
             log.warning("config: %s", warning)
@@ -99,7 +100,9 @@ def create_app(
         loops = [asyncio.create_task(p.health_loop()) for p in pools.values()]
         loops.append(asyncio.create_task(scraper.run()))
         if config is None and settings.reload_interval_s > 0:
-            watcher = ConfigWatcher(settings.config, app.state.services, settings.reload_interval_s)
+            watcher = ConfigWatcher(
+                settings.config, app.state.services, settings.reload_interval_s, seen
+            )
             loops.append(asyncio.create_task(watcher.run()))
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.reload)

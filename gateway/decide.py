@@ -15,7 +15,7 @@ from budgets.estimates import (
     summary,
     worst_case_tokens,
 )
-from budgets.limits import completion_cap, prompt_token_upper_bound
+from budgets.limits import check_shape, completion_cap, prompt_token_upper_bound
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
 from gateway.compute import check_request
@@ -45,7 +45,13 @@ async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, A
     shape = request_shape(route, payload, prompt, pool.max_model_len)
     ctx = RequestContext("explain")
     verdict: dict[str, Any]
-    try:
+    try:  # the checks the real request would meet first, then admission's dry run
+        limits = state.config.limits
+        if (
+            v := check_shape(payload, max_messages=limits.max_messages, max_n=limits.max_n)
+        ) is not None:
+            raise InvalidRequest(v.message, param=v.param, code=v.code)
+        check_route_serves(route, "chat", payload, state.config)
         served = admit_route(services, state, route, payload, prompt, ctx, "chat", dry_run=True)
         verdict = {"verdict": "admit" if served is route else "downgrade", "route": served.name}
         if ctx.downgrade_cause:
@@ -149,7 +155,8 @@ def decide(
         )
         rate = (load.decode_tokens_per_s if load else None) or adm.default_decode_tokens_per_s
         unmeasured = (ttft - queue_s(load) + shape.per_sequence_tokens / rate) * 1000
-        return LiveLatency(queue_s(load) * 1000, unmeasured)
+        up = any(r.healthy for r in pool.replicas)
+        return LiveLatency(queue_s(load) * 1000, unmeasured, up)
 
     decision = state.router.decide(
         model,

@@ -21,22 +21,27 @@ log = logging.getLogger(__name__)
 
 
 class ConfigWatcher:
-    def __init__(self, path: Path, services: Services, interval_s: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        services: Services,
+        interval_s: float,
+        seen: tuple[int, ...] | None = None,
+    ) -> None:
         self.path = path
         self.services = services
         self.interval_s = interval_s
-        self._seen = self._stamp()
+        self._seen = seen if seen is not None else self._stamp()
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size
+    def _stamp(self) -> tuple[int, ...] | None:
+        """What identifies a version of the file: a replaced file (new inode), an edit (mtime,
+        ctime, size) — ctime also moves when a copy keeps the old mtime."""
+        return file_stamp(self.path)
 
     def reload(self) -> bool:
         """Load, validate and swap in the policy file now; False (old policy kept) on error."""
         services = self.services
+        self._seen = self._stamp()  # also after a SIGHUP, so the poller does not repeat it
         try:
             cfg = load_config(self.path)
             if cfg.backends != services.config.backends:
@@ -68,5 +73,17 @@ class ConfigWatcher:
             await asyncio.sleep(self.interval_s)
             stamp = self._stamp()
             if stamp is not None and stamp != self._seen:
-                self._seen = stamp
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # never let one bad reload end hot reload for good
+                    log.exception("config reload failed unexpectedly; keeping the current policy")
+                    self.services.metrics.config_reloads.labels("error").inc()
+
+
+def file_stamp(path: Path) -> tuple[int, ...] | None:
+    """The stamp of ``path`` as the watcher compares it (taken when the file is first read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size

@@ -34,6 +34,8 @@ class LiveLatency:
     """Predicted wait for a slot (from the scraped queue)."""
     unmeasured_ms: float | None = None
     """A latency estimate from the cost model, for routes without measurements."""
+    up: bool = True
+    """Some replica of the route's pool answers (a down pool's candidates are passed over)."""
 
 
 LiveFn = Callable[[Route], LiveLatency | None]
@@ -158,6 +160,9 @@ class Router:
             quality, source = None, "unknown"
         state = live(route) if live is not None else None
         queue = state.queue_ms if state else 0.0
+        if state is not None and not state.up:
+            why = "its backend pool has no healthy replica"
+            return CandidateView(route.name, quality, source, None, None, 1e12, False, why)
         if m is not None:
             latency: float | None = m.p95_ms + queue
             p50_s = (m.p50_ms + queue) / 1000

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+_RESERVED_CLASSES = ("explicit", "tenant", "effort", "default")
+
 if TYPE_CHECKING:
     from routing.config import DeliberateConfig
 
@@ -114,9 +116,9 @@ def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str
     for i, c in enumerate(cfg.classes):
         if c.name in seen:
             problems.append((f"classes[{i}].name", f"duplicate name {c.name!r}"))
-        if c.name == "explicit":
+        if c.name in _RESERVED_CLASSES:
             problems.append(
-                (f"classes[{i}].name", "'explicit' is reserved (a route named in `model`)")
+                (f"classes[{i}].name", f"{c.name!r} is reserved (decisions made without a class)")
             )
         seen.add(c.name)
     for i, r in enumerate(cfg.routes):

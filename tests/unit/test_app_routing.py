@@ -214,3 +214,11 @@ async def test_auto_passes_over_routes_that_cannot_serve(gateway: Factory) -> No
     assert not vote["kept"] and "cannot serve" in vote["why"]
     r = await client.post("/v1/completions", json={"model": "auto", "prompt": "2 + 2 ="})
     assert r.status_code == 200, r.text
+
+
+async def test_explain_says_invalid_for_requests_the_gateway_would_refuse(gateway: Factory) -> None:
+    client, _ = await gateway(DeliberateConfig.model_validate(routing_raw()))
+    e = (await client.post("/v1/route/explain", json={**SUM, "model": "vote", "n": 2})).json()
+    assert e["admission"]["verdict"] == "invalid" and e["admission"]["status"] == 400
+    e = (await client.post("/v1/route/explain", json={**SUM, "n": 99})).json()
+    assert e["admission"]["verdict"] == "invalid"

@@ -225,3 +225,19 @@ def test_shipped_policy_file_is_valid() -> None:
         Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
     )
     assert cfg.version == 1
+
+
+def test_a_down_pool_is_passed_over(router: Router) -> None:
+    def live(route: Route) -> LiveLatency:
+        return LiveLatency(up=route.name != "think")
+
+    d = decide(router, "What is 17 + 25?", live=live)
+    views = {v.route: v for v in d.candidates}
+    assert not views["think"].kept and "no healthy replica" in views["think"].why
+    assert d.route == "bon"  # the next cheapest route at q >= 0.6
+
+
+def test_huge_conversations_are_scanned_head_and_tail() -> None:
+    f = extract(user("What is 2 + 2? " + "blah " * 1_000_000 + " 3 * 3"))
+    assert f.chars > 5_000_000 and len(f.text) <= 65_600
+    assert f.operators == 2  # both ends are still seen

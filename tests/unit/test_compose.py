@@ -627,8 +627,8 @@ def test_compose_routes_file_is_consistent(gpu_stack: dict[str, Any]) -> None:
 
 def test_compose_routes_file_passes_the_gateway_loader(gpu_stack: dict[str, Any]) -> None:
     # The same validation `deliberate serve` applies at start-up.
-    from routing.references import cross_reference_problems
     from routing.loader import ConfigError, load_config
+    from routing.references import cross_reference_problems
 
     path = gateway_routes_file(gpu_stack)
     try:

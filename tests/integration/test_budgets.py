@@ -17,7 +17,7 @@ import redis
 import yaml
 
 from tests.integration.conftest import MODEL, gateway_process
-from tests.integration.test_disconnect import wait_idle
+from tests.integration.test_disconnect import vllm_metric, wait_idle
 from tests.redis_server import SessionRedis, throwaway_redis
 
 pytestmark = pytest.mark.integration
@@ -308,12 +308,7 @@ def test_redis_outage(
 
 def vllm_requests(backend_url: str) -> float:
     """vLLM's count of finished requests (any reason)."""
-    text = httpx.get(backend_url + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:request_success_total")
-    )
+    return vllm_metric(backend_url, "vllm:request_success_total")
 
 
 def test_admission_steps_down_on_slo_and_rejects_on_kv(tmp_path: Path, backend_url: str) -> None:

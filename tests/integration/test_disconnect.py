@@ -17,14 +17,19 @@ LONG = {
 }
 
 
-def running(backend_url: str) -> float:
-    """vLLM's own gauge of requests being generated right now."""
+def vllm_metric(backend_url: str, name: str) -> float:
+    """The sum of vLLM's own series called ``name`` (over its labels), read from /metrics."""
     text = httpx.get(backend_url + "/metrics", timeout=5).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("vllm:num_requests_running")
+        if line.startswith(name + "{") or line.startswith(name + " ")
     )
+
+
+def running(backend_url: str) -> float:
+    """vLLM's own gauge of requests being generated right now."""
+    return vllm_metric(backend_url, "vllm:num_requests_running")
 
 
 def wait_idle(backend_url: str, within_s: float) -> float:

@@ -11,19 +11,10 @@ difference auto − route (95 % paired bootstrap over items), generated tokens p
 Target (issue 6): ``auto`` not significantly below the best fixed route's accuracy (paired)
 at no more than 35 % of its generated tokens.
 
-    python bench/routing.py [--items 60] [--seed 1] [--config configs/calibrated/routes.yaml]
+    python bench/routing_bench.py [--items 60] [--seed 1] [--config configs/calibrated/routes.yaml]
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this file's directory comes first on sys.path and its name would shadow the
-# `routing` package: look the project's packages up from the repository root instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
 
 import argparse
 import asyncio
@@ -32,6 +23,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx

@@ -40,6 +40,9 @@ class GenRequest:
     logprobs: bool = False
     top_logprobs: int | None = None
     continue_final_message: bool = False
+    prompt_logprobs: int | None = None
+    """Ask for the logprob of every prompt token (vLLM's ``prompt_logprobs``): how a verifier
+    scores a given text without generating it."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,6 +84,8 @@ class GenResult:
     choices: tuple[GenChoice, ...]
     usage: Usage
     model: str = ""
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    """Per prompt token (the first has none), when the request asked for them."""
 
 
 class Generator(Protocol):
@@ -96,6 +101,9 @@ class Candidate:
     index: int
     text: str
     answer: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """The generated tokens' logprobs, when the candidate was sampled with them."""
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

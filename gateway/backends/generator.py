@@ -57,6 +57,7 @@ def chat_body(model: str, req: GenRequest) -> dict[str, Any]:
         ("temperature", req.temperature),
         ("top_p", req.top_p),
         ("top_logprobs", req.top_logprobs),
+        ("prompt_logprobs", req.prompt_logprobs),
     ):
         if value is not None:
             body[key] = value
@@ -105,7 +106,38 @@ def parse_result(data: dict[str, Any]) -> GenResult:
             only.logprobs,
             only.raw_logprobs,
         )
-    return GenResult(tuple(choices), usage, str(data.get("model", "")))
+    return GenResult(
+        tuple(choices),
+        usage,
+        str(data.get("model", "")),
+        _prompt_logprobs(data.get("prompt_logprobs")),
+    )
+
+
+def _prompt_logprobs(raw: Any) -> tuple[TokenLogprob | None, ...] | None:
+    """vLLM's ``prompt_logprobs``: per position ``None`` (the first token) or
+    ``{token_id: {logprob, rank, decoded_token}}``, the prompt's own token ranked first."""
+    if not isinstance(raw, list):
+        return None
+    out: list[TokenLogprob | None] = []
+    for pos in raw:
+        values = [v for v in pos.values() if isinstance(v, dict)] if isinstance(pos, dict) else []
+        if not values:
+            out.append(None)
+            continue
+        own = values[0]  # vLLM lists the prompt's own token first, then the top-k by rank
+        top = sorted(values, key=lambda v: v.get("rank") or 0)
+        out.append(
+            TokenLogprob(
+                str(own.get("decoded_token", "")),
+                float(own.get("logprob", 0.0)),
+                tuple(
+                    TopLogprob(str(v.get("decoded_token", "")), float(v.get("logprob", 0.0)))
+                    for v in top
+                ),
+            )
+        )
+    return tuple(out)
 
 
 def _logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:

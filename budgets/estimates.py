@@ -8,7 +8,7 @@ critical path before the first visible token) comes from its params; caps from t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +162,35 @@ def cost_shape(
         generated_tokens=generated,
         calls=calls,
         prompt_growth=min(raw.prompt_growth, generated),
+    )
+
+
+def ladder_shape(
+    first: CostShape,
+    rungs: Sequence[CostShape],
+    *,
+    check_calls: int = 0,
+    check_growth: int = 0,
+    cap: int | None = None,
+) -> CostShape:
+    """An escalation ladder's worst case: the first answer, then every rung run in turn
+    (``rungs``: each one's own shape), plus ``check_calls`` verifier calls whose prompts carry
+    up to ``check_growth`` tokens more than the client's (a candidate to judge). ``cap``: the
+    route's generation cap, which holds across the whole ladder."""
+    generated = first.generated_tokens + sum(r.generated_tokens for r in rungs)
+    if cap is not None:
+        generated = min(generated, cap)
+    return CostShape(
+        parallel=max([first.parallel, *(r.parallel for r in rungs)]),
+        per_sequence_tokens=min(
+            generated, max([first.per_sequence_tokens, *(r.per_sequence_tokens for r in rungs)])
+        ),
+        critical_path_tokens=min(
+            generated, first.critical_path_tokens + sum(r.critical_path_tokens for r in rungs)
+        ),
+        generated_tokens=generated,
+        calls=first.calls + sum(r.calls for r in rungs) + check_calls,
+        prompt_growth=max([first.prompt_growth, check_growth, *(r.prompt_growth for r in rungs)]),
     )
 
 

@@ -31,7 +31,7 @@ from strategies.base import (
     TokenBudget,
 )
 from strategies.best_of_n import DeadlineExceeded
-from strategies.ports import GenChoice
+from strategies.ports import GenChoice, Generator
 from strategies.prm_search import PrmSearch, PrmSearchParams
 from strategies.registry import STRATEGIES
 
@@ -126,20 +126,22 @@ async def run_route(
     ctx: RequestContext,
     note: Callable[[str], None] | None = None,
     seeds: tuple[GenChoice, ...] = (),
+    strategy_for: Callable[[Generator], Strategy] | None = None,
 ) -> StrategyResult:
     """Run the route's strategy under its caps and deadline; record usage on ``ctx``.
-    ``seeds``: answers already generated for the request (a cascade's first answer)."""
+    ``seeds``: answers already generated for the request. ``strategy_for``: builds the
+    strategy to run instead (an escalation ladder) from the route's budget-guarded generator."""
     pool = pools[route.backend]
-    strategy = build_strategy(route, pools, ctx.request_id)
     reserved = None
     if ctx.reservation is not None:  # what is left of it (a cascade's second run)
         reserved = max(0, ctx.reservation.tokens - ctx.usage.prompt - ctx.usage.completion)
     budget = route_budget(route, payload, reserved)
-    sctx = StrategyContext(
-        BudgetGuard(VLLMGenerator(pool, ctx.request_id), budget),
-        budget,
-        Deadline.after(route.budget.deadline_s),
-    )
+    guarded = BudgetGuard(VLLMGenerator(pool, ctx.request_id), budget)
+    if strategy_for is not None:
+        strategy = strategy_for(guarded)
+    else:
+        strategy = build_strategy(route, pools, ctx.request_id)
+    sctx = StrategyContext(guarded, budget, Deadline.after(route.budget.deadline_s))
     if note is not None:
         sctx.note = note
     request = replace(strategy_request(payload), seeds=seeds)

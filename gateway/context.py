@@ -12,6 +12,7 @@ from budgets.ledger import Reservation
 from metrics.detail import Detail, StrategyStats
 from metrics.registry import Outcome, RequestRecord
 from routing.decision import Decision
+from routing.sampling import SamplingPlan
 from strategies.usage import Usage
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -49,6 +50,8 @@ class RequestContext:
     stats: StrategyStats | None = None
     kv_bytes: tuple[float, float] | None = None
     prompt_preview: str | None = None  # only with DELIBERATE_LOG_PROMPTS
+    client_sampling: dict[str, Any] = field(default_factory=dict)  # before the route's patch
+    sampling: SamplingPlan | None = None  # whose sampling the request runs with
     _recorded: bool = False
     _last_token: float | None = None
 

@@ -10,6 +10,7 @@ from budgets.admission import Downgrade, Reject, RungCheck, admit, check_rung
 from budgets.estimates import (
     CostShape,
     cost_shape,
+    ladder_shape,
     predict_ttft_s,
     queue_s,
     summary,
@@ -29,6 +30,7 @@ from routing.config import DeliberateConfig, Route
 from routing.decision import Decision
 from routing.policy import LiveLatency
 from routing.resolve import AUTO
+from routing.sampling import SamplingPlan, plan_sampling
 
 Endpoint = Literal["chat", "completions"]
 
@@ -42,7 +44,7 @@ async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, A
     route = state.config.route(decision.route)
     pool = services.pools[route.backend]
     prompt = prompt_token_upper_bound(len(raw), len(payload["messages"]))
-    shape = request_shape(route, payload, prompt, pool.max_model_len)
+    shape = request_shape(route, payload, prompt, pool.max_model_len, state.config)
     ctx = RequestContext("explain")
     verdict: dict[str, Any]
     try:  # the checks the real request would meet first, then admission's dry run
@@ -61,15 +63,37 @@ async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, A
     except InvalidRequest as e:
         verdict = {"verdict": "invalid", "status": e.status, "message": e.message}
     bytes_per_token = pool.config.kv.shape.kv_bytes_per_token if pool.config.kv.shape else None
+    served_route = state.config.route(verdict.get("route", route.name))
+    plan = sampling_plan(served_route, state.config, payload, decision)
     return {
         "object": "route.decision",
         **decision.to_json(),
         "admission": verdict,
+        "sampling": {"route": served_route.name, **plan.to_json()},
+        "ladder": [
+            {"rung": i + 1, "label": r.label, "verifier": r.verifier, "threshold": r.threshold}
+            for i, r in enumerate(served_route.escalate_to or ())
+        ],
         "estimates": {
             **summary(prompt, shape, bytes_per_token),
             "tenant_reservation_tokens": worst_case_tokens(prompt, shape),
         },
     }
+
+
+def sampling_plan(
+    route: Route, config: DeliberateConfig, payload: dict[str, Any], decision: Decision | None
+) -> SamplingPlan:
+    """Whose sampling this request runs with on ``route`` (``routing.sampling``)."""
+    auto = decision is not None and decision.source != "explicit"
+    honour = config.policy is not None and config.policy.client_sampling == "honour"
+    return plan_sampling(
+        route.sampling.fields(),
+        payload,
+        auto=auto,
+        honour_client=honour,
+        locked=route.lock_sampling,
+    )
 
 
 def check_route_serves(
@@ -87,16 +111,24 @@ def check_route_serves(
             param="model",
         )
     check_request(route, payload)
-    if route.escalate_to is not None:
-        check_request(config.route(route.escalate_to.route), payload)
+    for rung in route.escalate_to or ():
+        if rung.route is not None:
+            check_request(config.route(rung.route), payload)
 
 
 def request_shape(
-    route: Route, payload: dict[str, Any], prompt_tokens: int, max_model_len: int | None
+    route: Route,
+    payload: dict[str, Any],
+    prompt_tokens: int,
+    max_model_len: int | None,
+    config: DeliberateConfig | None = None,
 ) -> CostShape:
-    """The route's cost shape for this request: its caps, the client's, the context room."""
+    """The route's cost shape for this request: its caps, the client's, the context room;
+    with ``config``, a route with an escalation ladder gets the whole ladder's worst case."""
     room = None if max_model_len is None else max(1, max_model_len - prompt_tokens)
     max_tokens = payload.get("max_tokens")
+    if route.escalate_to and config is not None:
+        return _ladder_shape(route, payload, prompt_tokens, max_model_len, config)
     if route.strategy == "single-pass":
         cap = completion_cap(payload)
         return cost_shape(route, cap[1] if cap else None, room)
@@ -107,6 +139,49 @@ def request_shape(
         room,
         max_tokens if isinstance(max_tokens, int) else None,
     )
+
+
+def _ladder_shape(
+    route: Route,
+    payload: dict[str, Any],
+    prompt_tokens: int,
+    max_model_len: int | None,
+    config: DeliberateConfig,
+) -> CostShape:
+    first = request_shape(route, payload, prompt_tokens, max_model_len)
+    visible = first.per_sequence_tokens
+    rungs: list[CostShape] = []
+    candidates = first.parallel
+    check_calls = 0
+    for rung in route.escalate_to or ():
+        # Candidates a backend-calling verifier may have to score before this rung runs.
+        if rung.verifier != "arithmetic":
+            check_calls += candidates
+        if rung.samples is not None:
+            n = rung.samples
+            rungs.append(CostShape(n, visible, visible, n * visible, 1, 0))
+        else:
+            target = config.route(str(rung.route))
+            rungs.append(request_shape(target, payload, prompt_tokens, max_model_len))
+            n = rungs[-1].parallel
+        candidates += n
+    last = (route.escalate_to or [])[-1:]
+    if last and last[0].verifier != "arithmetic":
+        check_calls += candidates  # the final selection scores what the last rung added
+    b = route.budget
+    client = payload.get("max_completion_tokens")
+    caps = [x for x in (b.max_total_tokens, client if isinstance(client, int) else None) if x]
+    return ladder_shape(
+        first,
+        rungs,
+        check_calls=check_calls,
+        check_growth=visible + _CHECK_TEMPLATE_TOKENS,
+        cap=min(caps) if caps else None,
+    )
+
+
+# Room for a verifier's own prompt around the candidate it scores (judge template, role tags).
+_CHECK_TEMPLATE_TOKENS = 96
 
 
 def decide(
@@ -144,7 +219,7 @@ def decide(
         load = services.scraper.load(route.backend)
         pool = services.pools[route.backend]
         prompt = prompt_token_upper_bound(body_bytes, n_messages)
-        shape = request_shape(route, payload, prompt, pool.max_model_len)
+        shape = request_shape(route, payload, prompt, pool.max_model_len, state.config)
         adm = state.config.admission
         ttft = predict_ttft_s(
             prompt,
@@ -202,7 +277,7 @@ def admit_route(
         unfit = unfit_reason(route, endpoint, payload, prompt_tokens, pool, state.config)
         if unfit is not None:
             return RungCheck(route.name, False, 0.0, None, f"unfit:{unfit}")
-        shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
+        shape = request_shape(route, payload, prompt_tokens, pool.max_model_len, state.config)
         load = services.scraper.load(route.backend) if services.scraper else None
         return check_rung(route, shape, prompt_tokens, load, pool.config.kv, adm)
 

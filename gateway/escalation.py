@@ -1,33 +1,107 @@
-"""Cascades: answer on a cheap route, check the answer with a verifier, and run the stronger
-route only when the check fails — keeping the first answer as one of its candidates.
+"""Escalation ladders at the gateway: build a route's ``strategies.ladder.Ladder`` from its
+``escalate_to`` rungs, run it under the route's caps and deadline, and count each rung.
 
-Every token of the first attempt that is not returned (its answer, when the stronger route
-picks another one, and the check itself) is counted as hidden.
+Sampling of the rungs: rung 0 runs with the request as patched by the route's sampling; a
+``samples`` rung adds its own ``sampling`` on top (temperature 0.8 unless it sets one: more
+greedy samples would all be the same); a route rung runs with the client's sampling and that
+route's own, by the same precedence as a request naming it.
+
+Every generated token that is not returned (other candidates, the first answer when a later
+one wins) is hidden, and so is what a verifier spends.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
-from gateway.backends.generator import VLLMGenerator
 from gateway.backends.pool import Pool
-from gateway.compute import run_route
+from gateway.compute import build_strategy, run_route
 from gateway.context import RequestContext
-from gateway.errors import DeliberateError
+from gateway.decide import sampling_plan
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig, Route
-from strategies.answers import ExtractSpec, extract_answer
+from strategies.answers import ExtractSpec
 from strategies.base import StrategyResult
-from strategies.best_of_n import question_of
-from strategies.ports import Candidate, GenChoice, Score
-from strategies.usage import Usage
+from strategies.best_of_n import SamplingParams
+from strategies.ladder import Ladder, RungPlan
+from strategies.ports import Generator
+from strategies.sampling import SAMPLING_FIELDS
 from strategies.verifiers.registry import VerifierContext, build_verifier
 
+RUNG_TEMPERATURE = 0.8
+"""Temperature of a ``samples`` rung that sets none."""
+FIRST_TEMPERATURE = 0.0
+"""Temperature of a single-pass route's first answer when neither the route nor the client
+sets one: the greedy answer is the best single sample (bench/test_time_scaling.py)."""
 
-async def run_cascade(
+
+def ladder_params(route: Route, config: DeliberateConfig) -> SamplingParams:
+    """Per-candidate defaults of the ladder's own samples: the route's sampling params when it
+    has them, else greedy with the answer format of the first route rung that has one."""
+    if isinstance(route.params, SamplingParams):
+        return route.params
+    spec = next(
+        (
+            s
+            for rung in route.escalate_to or ()
+            if rung.route is not None
+            and isinstance(
+                s := getattr(config.route(rung.route).params, "answer", None), ExtractSpec
+            )
+        ),
+        ExtractSpec(),
+    )
+    max_tokens = getattr(route.params, "max_tokens", None) or 256
+    return SamplingParams(temperature=FIRST_TEMPERATURE, max_tokens=max_tokens, answer=spec)
+
+
+def build_ladder(
+    route: Route,
+    config: DeliberateConfig,
+    pools: Mapping[str, Pool],
+    ctx: RequestContext,
+    generator: Generator,
+) -> Ladder:
+    """The route's ladder, its verifiers on the route's budget-guarded ``generator``."""
+    vctx = VerifierContext(generator=generator)
+    rungs: list[RungPlan] = []
+    for rung in route.escalate_to or ():
+        verifier = build_verifier(rung.verifier, vctx, rung.verifier_params)
+        if rung.samples is not None:
+            sampling = {"temperature": RUNG_TEMPERATURE, **rung.sampling.fields()}
+            rungs.append(
+                RungPlan(
+                    rung.label, verifier, rung.threshold, samples=rung.samples, sampling=sampling
+                )
+            )
+            continue
+        target = config.route(str(rung.route))
+        rungs.append(
+            RungPlan(
+                rung.label,
+                verifier,
+                rung.threshold,
+                sampling=_route_rung_sampling(target, config, ctx),
+                strategy=build_strategy(target, pools, ctx.request_id),
+            )
+        )
+    first = (
+        None if route.strategy == "single-pass" else build_strategy(route, pools, ctx.request_id)
+    )
+    return Ladder(tuple(rungs), ladder_params(route, config), first)
+
+
+def _route_rung_sampling(
+    target: Route, config: DeliberateConfig, ctx: RequestContext
+) -> dict[str, Any]:
+    """The sampling fields a route rung runs with: the client's and the target route's."""
+    plan = sampling_plan(target, config, ctx.client_sampling, ctx.decision)
+    fields = {**ctx.client_sampling, **plan.patch}
+    return {k: fields.get(k) for k in SAMPLING_FIELDS}  # None: unset, the strategy's default
+
+
+async def run_ladder(
     route: Route,
     config: DeliberateConfig,
     pools: Mapping[str, Pool],
@@ -36,80 +110,34 @@ async def run_cascade(
     metrics: Metrics,
     note: Callable[[str], None] | None = None,
 ) -> tuple[Route, StrategyResult]:
-    """Run ``route``; escalate to its ``escalate_to`` route when the verifier rejects the
-    answer. Returns the route that produced the answer and the combined result."""
-    first = await run_route(route, pools, payload, ctx, note)
-    esc = route.escalate_to
-    if esc is None:
-        return route, first
-    target = config.route(esc.route)
-    spec = getattr(route.params, "answer", None) or getattr(target.params, "answer", None)
-    text = first.choices[0].text
-    generator = VLLMGenerator(pools[route.backend], ctx.request_id)
-    verifier = build_verifier(esc.verifier, VerifierContext(generator=generator), {})
-    answer = extract_answer(text, spec if isinstance(spec, ExtractSpec) else ExtractSpec())
-    question = question_of(payload["messages"])
-    try:  # the check may not outlive the cheap route's deadline
-        async with asyncio.timeout(route.budget.deadline_s):
-            [score] = await verifier.score(question, [Candidate(0, text, answer)])
-    except TimeoutError:
-        score = Score(1.0, "check timed out: the first answer stands")
-    check = Usage(prompt=score.usage.prompt, hidden=score.usage.completion)
-    ctx.usage = first.usage + check  # what the stronger route's share of the reservation sees
+    """Run ``route`` — through its ladder when it has one. Returns the route that produced
+    the answer (a route rung's route when its answer won) and the result."""
+    if not route.escalate_to:
+        return route, await run_route(route, pools, payload, ctx, note)
+
+    def strategy_for(generator: Generator) -> Ladder:
+        return build_ladder(route, config, pools, ctx, generator)
+
+    result = await run_route(route, pools, payload, ctx, note, strategy_for=strategy_for)
+    ladder = result.info["ladder"]
     klass = ctx.decision.request_class if ctx.decision else "none"
-    info = {
-        "from_route": route.name,
-        "to_route": target.name,
-        "verifier": esc.verifier,
-        "score": round(score.value, 4),
-        "threshold": esc.threshold,
-    }
-    if score.value >= esc.threshold:
-        metrics.escalations.labels(klass, route.name, target.name, "kept").inc()
-        usage = first.usage + check
-        ctx.usage = usage
-        ctx.hidden_sources = {**ctx.hidden_sources, "judge": check.completion}
-        ctx.ttft_s = None
-        ctx.mark_first_token()  # the answer is released after the check
-        result = replace(
-            first, usage=usage, info={**first.info, "escalation": {**info, "escalated": False}}
-        )
-        return route, result
-    metrics.escalations.labels(klass, route.name, target.name, "escalated").inc()
-    ctx.route, ctx.strategy, ctx.backend = target.name, target.strategy, target.backend
-    if note is not None:
-        note(
-            f"first answer scored {score.value:.2f} < {esc.threshold}; escalating to {target.name}\n"
-        )
-    c = first.choices[0]
-    seed = GenChoice(0, c.text, first.usage.visible, c.finish_reason, reasoning=c.reasoning)
-    ctx.ttft_s = None  # the answer the client sees now comes after the stronger route
-    try:
-        second = await run_route(target, pools, payload, ctx, note, seeds=(seed,))
-    except DeliberateError as e:  # deadline, caps, backend: the first answer is still an answer
-        ctx.usage = first.usage + check
-        ctx.mark_first_token()
-        failed = {**info, "escalated": False, "escalation_failed": e.message}
-        return route, replace(first, usage=ctx.usage, info={**first.info, "escalation": failed})
-    seed_won = bool(second.info.get("seed_chosen"))
-    generated = first.usage.completion + second.usage.completion + check.completion
-    visible = first.usage.visible if seed_won else second.usage.visible
-    usage = Usage(
-        prompt=first.usage.prompt + second.usage.prompt + check.prompt,
-        visible=visible,
-        hidden=generated - visible,
-    )
-    ctx.usage = usage
-    # Hidden by source: the first attempt (and the check) vs what the stronger route hid.
-    first_hidden = first.usage.completion + check.completion - (visible if seed_won else 0)
-    (source,) = ctx.hidden_sources or {"candidates": 0}  # set by the second run_route
-    ctx.hidden_sources = {source: usage.hidden - first_hidden, "escalation": first_hidden}
-    result = replace(
-        second,
-        usage=usage,
-        info={
-            **second.info,
-            "escalation": {**info, "escalated": True, "first_answer_kept": seed_won},
-        },
-    )
-    return target, result
+    for step in ladder["path"]:
+        if step["rung"] == 0 or step["rung"] > len(route.escalate_to):
+            continue
+        rung = route.escalate_to[step["rung"] - 1]
+        metrics.escalations.labels(klass, route.name, rung.label, "escalated").inc()
+    stopped = ladder["stopped_at"]
+    if ladder["path"][-1].get("passed") and stopped < len(route.escalate_to):
+        # the best answer passed the check of the next rung, which therefore did not run
+        metrics.escalations.labels(
+            klass, route.name, route.escalate_to[stopped].label, "kept"
+        ).inc()
+    escalated = stopped > 0
+    source = "escalation" if escalated else "judge"
+    ctx.hidden_sources = {source: result.usage.hidden}
+    served = route
+    wave = result.info.get("chosen_wave", 0)
+    if wave > 0 and (rung_route := route.escalate_to[wave - 1].route) is not None:
+        served = config.route(rung_route)
+        ctx.route, ctx.strategy, ctx.backend = served.name, served.strategy, served.backend
+    return served, result

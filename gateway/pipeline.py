@@ -28,19 +28,27 @@ from gateway.backends.pool import Pool
 from gateway.backends.upstream import Upstream, open_upstream
 from gateway.compute import render_json, render_sse, stream_route
 from gateway.context import RequestContext
-from gateway.decide import Endpoint, admit_route, check_route_serves, decide, request_shape
+from gateway.decide import (
+    Endpoint,
+    admit_route,
+    check_route_serves,
+    decide,
+    request_shape,
+    sampling_plan,
+)
 from gateway.errors import (
     BackendTimeout,
     ContextLengthExceeded,
     InvalidRequest,
 )
-from gateway.escalation import run_cascade
+from gateway.escalation import run_ladder
 from gateway.parsing import parse_payload
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
-from routing.config import Route
+from routing.config import DeliberateConfig, Route
 from routing.features import message_text
+from routing.sampling import SAMPLING_FIELDS
 from strategies.base import Deadline, StrategyResult
 
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -97,11 +105,12 @@ async def complete(
         if route.backend != requested.backend:
             pool = services.pools[route.backend]
             prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+    apply_sampling(route, state.config, payload, ctx)
     n = 1
     if route.strategy == "single-pass" and route.escalate_to is None:
         apply_single_pass_caps(route, payload, endpoint)
         n = payload["n"] if isinstance(payload.get("n"), int) else 1
-    shape = request_shape(route, payload, prompt_tokens, pool.max_model_len)
+    shape = request_shape(route, payload, prompt_tokens, pool.max_model_len, state.config)
     ctx.token_ceiling = worst_case_tokens(prompt_tokens, shape, n)
     if (kv_shape := pool.config.kv.shape) is not None:
         per_token = kv_shape.kv_bytes_per_token
@@ -109,11 +118,6 @@ async def complete(
             kv_tokens(prompt_tokens, shape) * per_token,
             kv_tokens(prompt_tokens, shape, shared=False) * per_token,
         )
-    if route.escalate_to is not None:  # the cascade may run both routes (+ one check)
-        target = state.config.route(route.escalate_to.route)
-        target_pool = services.pools[target.backend]
-        target_shape = request_shape(target, payload, prompt_tokens, target_pool.max_model_len)
-        ctx.token_ceiling += worst_case_tokens(prompt_tokens, target_shape) + prompt_tokens + 1
     await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
 
     streaming = bool(payload.get("stream"))
@@ -124,7 +128,7 @@ async def complete(
         def run(
             note: Callable[[str], None] | None = None,
         ) -> Awaitable[tuple[Route, StrategyResult]]:
-            return run_cascade(
+            return run_ladder(
                 route, state.config, services.pools, payload, ctx, services.metrics, note
             )
 
@@ -152,6 +156,17 @@ async def complete(
         ) from e
     stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage, deadline=deadline)
     return Answer(stream=stream, upstream=upstream)
+
+
+def apply_sampling(
+    route: Route, config: DeliberateConfig, payload: dict[str, Any], ctx: RequestContext
+) -> None:
+    """Patch the body once with the route's sampling, by the precedence of
+    ``routing.sampling`` (recorded on ``ctx`` for the rungs of a ladder and for explain)."""
+    ctx.client_sampling = {k: payload[k] for k in SAMPLING_FIELDS if payload.get(k) is not None}
+    plan = sampling_plan(route, config, payload, ctx.decision)
+    ctx.sampling = plan
+    payload.update(plan.patch)
 
 
 def apply_single_pass_caps(route: Route, payload: dict[str, Any], endpoint: Endpoint) -> None:

@@ -50,5 +50,5 @@ def build_state(config: DeliberateConfig, config_path: Path | None = None) -> Po
 def init_metrics(metrics: Metrics, config: DeliberateConfig) -> None:
     """Create the series of every route, ladder step and cascade of ``config`` at zero."""
     ladders = [(r.name, lower.name) for r in config.routes for lower in config.ladder(r.name)[1:]]
-    cascades = [(r.name, r.escalate_to.route) for r in config.routes if r.escalate_to]
+    cascades = [(r.name, rung.label) for r in config.routes for rung in r.escalate_to or ()]
     metrics.init_routes([(r.name, r.strategy) for r in config.routes], ladders, cascades)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from routing.budget_config import (
     AdmissionConfig,
@@ -19,7 +19,7 @@ from routing.budget_config import (
     RouteSlo,
     TenantConfig,
 )
-from routing.policy_config import Escalation, Measured, RequestClass, RoutingPolicy
+from routing.policy_config import Ladder, Measured, RequestClass, RoutingPolicy, as_ladder
 from routing.prm import PrmConventions
 from routing.references import cross_reference_problems
 from strategies.adaptive_consistency import AdaptiveConsistencyParams
@@ -27,6 +27,7 @@ from strategies.best_of_n import BestOfNParams
 from strategies.bounded_reasoning import BoundedReasoningParams
 from strategies.prm_search import PrmSearchParams
 from strategies.refine import RefineParams
+from strategies.sampling import SamplingOverrides
 from strategies.self_consistency import SelfConsistencyParams
 from strategies.single_pass import SinglePassParams
 
@@ -92,8 +93,16 @@ class _RouteBase(_Strict):
         False,
         description="Multi-call routes: stream progress notes as delta.reasoning while working.",
     )
-    escalate_to: Escalation | None = Field(
-        None, description="Answer here first; run a stronger route only when a verifier rejects it."
+    escalate_to: Annotated[Ladder | None, BeforeValidator(as_ladder)] = Field(
+        None,
+        description="Escalation ladder: answer here first; climb a rung (more samples or a "
+        "stronger route) only while a verifier rejects the best answer so far.",
+    )
+    sampling: SamplingOverrides = Field(
+        SamplingOverrides(), description="Sampling applied to every backend call of the route."
+    )
+    lock_sampling: bool = Field(
+        False, description="The route's sampling wins even over a client that names the route."
     )
     measured: dict[Name, Measured] = Field(
         default_factory=dict, description="Per request class, written by `deliberate calibrate`."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Union, get_args, get_origin
+from typing import Annotated, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -96,7 +96,7 @@ def format_loc(loc: Sequence[int | str]) -> str:
 def _with_allowed(msg: str, err: ErrorDetails) -> str:
     if err["type"] != "extra_forbidden":
         return msg
-    allowed = _allowed_keys(DeliberateConfig, err["loc"][:-1])
+    allowed = _allowed_keys(DeliberateConfig, _without_tags(err["loc"])[:-1])
     return (
         f"unknown key; allowed: {', '.join(allowed)}"
         if allowed
@@ -104,25 +104,48 @@ def _with_allowed(msg: str, err: ErrorDetails) -> str:
     )
 
 
+def _unwrap(tp: object) -> object:
+    """``Annotated[X, ...]`` and ``X | None`` (repeatedly) to ``X``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+            continue
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if get_origin(tp) in (Union, UnionType) and len(members) == 1:
+            tp = members[0]
+            continue
+        return tp
+
+
+def _model_with(tp: object, name: str) -> type[BaseModel] | None:
+    """The model ``tp`` names (itself, or the first member of a union, possibly
+    ``Annotated``) that has a field ``name``."""
+    if get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    members = get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)
+    for m in members:
+        if isinstance(m, type) and issubclass(m, BaseModel) and name in m.model_fields:
+            return m
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
     """Field names of the model found by walking ``loc`` from ``model`` (empty if lost)."""
     current: object = model
     for part in loc:
+        current = _unwrap(current)
         if isinstance(part, int):
             args = get_args(current)
             current = args[0] if args else None
-        elif (
-            isinstance(current, type)
-            and issubclass(current, BaseModel)
-            and part in current.model_fields
-        ):
-            current = current.model_fields[part].annotation
+        elif (model_with := _model_with(current, part)) is not None:
+            current = model_with.model_fields[part].annotation
         else:
             return []
         # Unwrap Optional[X] / X | None to X.
         members = [a for a in get_args(current) if a is not type(None)]
         if get_origin(current) in (Union, UnionType) and len(members) == 1:
             current = members[0]
+    current = _unwrap(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return sorted(current.model_fields)
     return []

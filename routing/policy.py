@@ -18,7 +18,7 @@ from routing.classify import Classifier
 from routing.config import DeliberateConfig, Route
 from routing.decision import CandidateView, Decision, QualitySource
 from routing.features import Features, extract
-from routing.policy_config import ClassPolicy, Measured
+from routing.policy_config import ClassPolicy, Measured, ladder_label
 from routing.resolve import AUTO, RouteTable
 
 
@@ -96,7 +96,7 @@ class Router:
 
     def _fixed(self, source: Any, route: Route, why: str) -> Decision:
         cls = "explicit" if source == "explicit" else source
-        esc = route.escalate_to.route if route.escalate_to else None
+        esc = ladder_label(route.escalate_to)
         return Decision(cls, route.name, source, why, escalate_to=esc)
 
     def choose(
@@ -127,7 +127,7 @@ class Router:
             pick = min(servable, key=lambda v: v.latency_ms if v.latency_ms is not None else 0.0)
             why = "no route meets the latency SLO (or can serve); the fastest"
         route = self.config.route(pick.route)
-        esc = route.escalate_to.route if route.escalate_to else None
+        esc = ladder_label(route.escalate_to)
         return Decision(request_class, pick.route, "policy", why, class_why, tuple(views), esc)
 
     def _predictions(self, features: Features, routes: Sequence[str]) -> dict[str, float]:

@@ -5,9 +5,11 @@ quality tables written by calibration, escalation, and the learned predictor. Pu
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from strategies.sampling import SamplingOverrides
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
 Effort = Literal["minimal", "low", "medium", "high"]
@@ -105,6 +107,11 @@ class RoutingPolicy(_Strict):
     )
     classes: dict[Name, ClassPolicy] = Field(min_length=1)
     predictor: PredictorRef | None = None
+    client_sampling: Literal["route", "honour"] = Field(
+        "route",
+        description="With model auto, whose sampling wins: the route's (the client delegated "
+        "the decision) or the client's (`honour`).",
+    )
 
 
 class Measured(_Strict):
@@ -118,10 +125,60 @@ class Measured(_Strict):
     budget: int | None = Field(None, description="The budget (max_tokens) it was measured at.")
 
 
-class Escalation(_Strict):
-    """Answer on this route first; run ``route`` only when ``verifier`` scores the answer
-    below ``threshold`` (the first answer is kept as one of the new candidates)."""
+VerifierName = Literal["arithmetic", "logprob-judge", "confidence"]
+MAX_RUNGS = 8
 
-    route: Name
-    verifier: Literal["arithmetic", "logprob-judge"] = "arithmetic"
-    threshold: float = Field(0.5, ge=0, le=1)
+
+class Rung(_Strict):
+    """One rung of an escalation ladder: a route, or a number of extra samples.
+
+    The rung runs only when the best answer so far fails its check: ``verifier`` scores the
+    pool of candidates and the best one must reach ``threshold``. Every candidate stays in the
+    pool for later rungs (votes, scores and the first answer are reused).
+    """
+
+    route: Name | None = Field(
+        None, description="Run this route, with every candidate so far as its seeds."
+    )
+    samples: int | None = Field(
+        None, ge=1, le=64, description="Draw this many more samples (one n=samples call)."
+    )
+    verifier: VerifierName = Field(
+        "arithmetic", description="Checks the best answer so far before this rung runs."
+    )
+    verifier_params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters of the verifier (e.g. confidence signal)."
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="The best answer passes at this score.")
+    sampling: SamplingOverrides = Field(
+        SamplingOverrides(),
+        description="Sampling of a `samples` rung (it always applies: it is what makes the rung).",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Rung:
+        if (self.route is None) == (self.samples is None):
+            raise ValueError("a rung is either `route: NAME` or `samples: N` (exactly one)")
+        if self.route is not None and self.sampling.fields():
+            raise ValueError(
+                "`sampling` belongs to `samples` rungs; a route rung uses the route's own sampling"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """``samples:4`` or the route's name (metrics labels, the ``deliberate`` object)."""
+        return f"samples:{self.samples}" if self.samples is not None else str(self.route)
+
+
+Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_RUNGS)]
+
+
+def as_ladder(value: Any) -> Any:
+    """The one-step form ``escalate_to: {route, verifier, threshold}`` is a one-rung ladder."""
+    return [value] if isinstance(value, dict) else value
+
+
+def ladder_label(rungs: list[Rung] | None) -> str | None:
+    """``samples:4>samples:12`` for a ladder (None without one): the decision's ``escalate_to``."""
+    return ">".join(r.label for r in rungs) if rungs else None

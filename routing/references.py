@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from strategies.verifiers.registry import params_problems
+
 _RESERVED_CLASSES = ("explicit", "tenant", "effort", "default")
 
 if TYPE_CHECKING:
@@ -122,11 +124,19 @@ def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str
             )
         seen.add(c.name)
     for i, r in enumerate(cfg.routes):
-        if r.escalate_to is not None:
-            need_route(f"routes[{i}].escalate_to.route", r.escalate_to.route)
-            if r.escalate_to.route == r.name:
+        for j, rung in enumerate(r.escalate_to or ()):
+            for loc, msg in params_problems(rung.verifier, rung.verifier_params):
+                base = f"routes[{i}].escalate_to[{j}].verifier_params"
+                problems.append((f"{base}.{loc}" if loc else base, msg))
+            if rung.route is None:
+                continue
+            path = f"routes[{i}].escalate_to[{j}].route"
+            need_route(path, rung.route)
+            if rung.route == r.name:
+                problems.append((path, "a route cannot escalate to itself"))
+            elif any(x.name == rung.route and x.escalate_to for x in cfg.routes):
                 problems.append(
-                    (f"routes[{i}].escalate_to.route", "a route cannot escalate to itself")
+                    (path, f"route {rung.route!r} has a ladder itself; ladders do not nest")
                 )
     for i, t in enumerate(cfg.tenants):
         if t.default_route is not None:

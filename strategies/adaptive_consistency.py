@@ -1,31 +1,62 @@
 """adaptive self-consistency: sample in waves, stop as soon as the vote is decided.
 
-Stopping rule (``voting.leader_confidence``): after each wave, the posterior probability that
-the leading answer beats the runner-up, with a uniform prior on the leader's share among the
-two, must reach ``confidence``. Unanimous waves of 2+2 stop at 4 samples (0.969 ≥ 0.95); a
-split vote keeps sampling up to the sum of ``waves``. Each wave is one backend request with
-``n = wave``; later waves reuse the cached prompt prefix.
+The waves run on the same machinery as escalation ladders (``strategies.waves``): one
+``n = wave`` request each, later waves reusing the cached prompt prefix, every sample kept
+in one pool. Two stopping rules:
+
+- ``stop: posterior`` (``voting.leader_confidence``): after each wave, the posterior
+  probability that the leading answer beats the runner-up, with a uniform prior on the
+  leader's share among the two, must reach ``confidence``. Unanimous waves of 2+2 stop at 4
+  samples (0.969 ≥ 0.95); a split vote keeps sampling up to the sum of ``waves``.
+- ``stop: confidence`` (DeepConf's online early stop): the samples are drawn with token
+  logprobs, each weighted by its confidence (``signal``), and sampling stops once the
+  confidence-weighted leader holds ``share`` of the weight (after ``min_samples``).
+
+``vote: confidence`` weights the final vote by the same confidences and keeps only the most
+confident ``keep_top`` share of samples (DeepConf's filtering); ``majority`` counts each once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest, StrategyResult
-from strategies.best_of_n import DeadlineExceeded, SamplingParams, answers_of, sample, split_usage
-from strategies.ports import GenChoice
-from strategies.usage import Usage
-from strategies.voting import leader_confidence, majority_vote
+from strategies.best_of_n import DeadlineExceeded, SamplingParams
+from strategies.confidence import Signal, signal_value
+from strategies.voting import (
+    confidence_vote,
+    leader_confidence,
+    majority_vote,
+    weighted_leader_share,
+)
+from strategies.waves import CandidatePool, candidate_detail, draw, relabel
 
 
 class AdaptiveConsistencyParams(SamplingParams):
     waves: list[int] = Field([2, 2, 4, 8], min_length=1, description="Samples per wave.")
-    confidence: float = Field(
-        0.95, gt=0.5, lt=1.0, description="Stop when the leader is this sure."
+    stop: Literal["posterior", "confidence"] = Field(
+        "posterior", description="Stopping rule after each wave (see the module docstring)."
     )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="stop=posterior: stop when the leader is this sure."
+    )
+    share: float = Field(
+        0.8,
+        gt=0.5,
+        le=1.0,
+        description="stop=confidence: stop when the confidence-weighted leader holds this share.",
+    )
+    min_samples: int = Field(4, ge=1, description="stop=confidence: never stop before this.")
+    vote: Literal["majority", "confidence"] = Field(
+        "majority", description="Final vote: one per sample, or weighted by confidence."
+    )
+    keep_top: float = Field(
+        1.0, gt=0, le=1, description="vote=confidence: keep only this most confident share."
+    )
+    signal: Signal = Field("lowest_group", description="Which confidence weights a sample.")
 
     @field_validator("waves")
     @classmethod
@@ -36,61 +67,85 @@ class AdaptiveConsistencyParams(SamplingParams):
             raise ValueError("at most 64 samples in all")
         return waves
 
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.stop == "confidence" or self.vote == "confidence"
+
 
 @dataclass(frozen=True)
 class AdaptiveConsistency:
     params: AdaptiveConsistencyParams
+    detail_limit: int = 16
+
+    def _weights(self, pool: CandidatePool) -> list[float]:
+        out = []
+        for i in range(len(pool)):
+            stats = pool.confidence(i)
+            out.append(signal_value(stats, self.params.signal) if stats is not None else 0.0)
+        return out
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
-        choices: list[GenChoice] = []
-        answers: list[str | None] = []
-        usage = Usage()
-        confidences: list[float] = []
+        p = self.params
+        pool = CandidatePool(p.answer)
+        pool.seed(request.seeds[: max(0, sum(p.waves) - 1)])
+        progress: list[float] = []
         reason: StopReason = "max_steps"
-        model = ""
-        for wave in self.params.waves:
+        for k, wave in enumerate(p.waves):
             if ctx.budget.remaining == 0:
                 reason = "budget"
                 break
             try:
-                result, used = await sample(request, ctx, self.params, wave)
+                choices, usage, model, used = await draw(
+                    request, ctx, p, wave, logprobs=p.wants_logprobs
+                )
             except DeadlineExceeded:
-                if not choices:
+                if not len(pool):
                     raise
                 reason = "deadline"
                 break
-            model = result.model
-            choices.extend(result.choices)
-            answers.extend(answers_of(result.choices, self.params.answer))
-            usage = usage + result.usage
-            confidences.append(round(leader_confidence(answers), 4))
-            ctx.note(f"{len(choices)} samples, leader confidence {confidences[-1]:.2f}\n")
-            if confidences[-1] >= self.params.confidence:
+            pool.model = pool.model or model
+            pool.add(choices, k, usage)
+            if p.stop == "posterior":
+                progress.append(round(leader_confidence(pool.answers), 4))
+                done = progress[-1] >= p.confidence
+            else:
+                progress.append(round(weighted_leader_share(pool.answers, self._weights(pool)), 4))
+                done = len(pool) >= p.min_samples and progress[-1] >= p.share
+            ctx.note(f"{len(pool)} samples, leader {p.stop} {progress[-1]:.2f}\n")
+            if done:
                 reason = "converged"
                 break
             if used < wave:
                 reason = "budget"
                 break
-        vote = majority_vote(answers)
+        if p.vote == "confidence":
+            vote = confidence_vote(pool.answers, self._weights(pool), p.keep_top)
+        else:
+            vote = majority_vote(pool.answers)
         chosen = vote.chosen if vote.chosen is not None else 0
-        pick = choices[chosen]
+        pick = pool.choices[chosen]
         info: dict[str, Any] = {
-            "selector": "majority",
-            "samples": len(choices),
-            "max_samples": sum(self.params.waves),
-            "backend_calls": len(confidences),
-            "confidence": confidences,
-            "answers": answers,
+            "selector": "confidence" if p.vote == "confidence" else "majority",
+            "stop": p.stop,
+            "samples": len(pool),
+            "max_samples": sum(p.waves),
+            "backend_calls": len(progress),
+            "confidence" if p.stop == "posterior" else "leader_share": progress,
+            "answers": list(pool.answers),
             "votes": vote.tally,
             "vote_margin": vote.margin,
             "tie": vote.tie,
             "no_answer": vote.winner is None,
             "chosen_index": chosen,
         }
+        if (detail := candidate_detail(pool, None, self.detail_limit, chosen)) is not None:
+            info["candidates"] = detail
+        logprobs = pick.raw_logprobs if request.logprobs else None
         return StrategyResult(
-            choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, pick.raw_logprobs),),
-            usage=split_usage(usage, choices, chosen),
+            choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, logprobs),),
+            usage=relabel(pool, chosen),
             stop_reason=reason,
             info=info,
-            model=model,
+            model=pool.model,
+            candidates=tuple(pool.choices),
         )

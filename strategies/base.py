@@ -17,7 +17,9 @@ from strategies.ports import BudgetExhausted as BudgetExhausted
 from strategies.ports import GenChoice, Generator, GenRequest, GenResult, Message
 from strategies.usage import Usage
 
-StopReason = Literal["completed", "converged", "budget", "deadline", "max_steps", "no_answer"]
+StopReason = Literal[
+    "completed", "converged", "verified", "budget", "deadline", "max_steps", "no_answer"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,9 @@ class StrategyResult:
     stop_reason: StopReason
     info: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+    candidates: tuple[GenChoice, ...] = ()
+    """Every candidate the strategy chose among (seeds first), for ladders that keep them in
+    their pool; empty when the strategy produced one answer only."""
 
 
 class Strategy(Protocol):

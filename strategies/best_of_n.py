@@ -16,20 +16,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from strategies.answers import ExtractSpec, extract_answer, normalize_answer
 from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest, StrategyResult
+from strategies.confidence import Signal, confidence_stats, signal_value
 from strategies.ports import Candidate, GenChoice, GenRequest, GenResult, Score, Verifier
 from strategies.usage import Usage
 from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier, is_checkable
 from strategies.verifiers.registry import VerifierContext, build_verifier
-from strategies.voting import VoteResult, best_scored, majority_vote, weighted_vote
+from strategies.voting import (
+    VoteResult,
+    best_scored,
+    confidence_vote,
+    majority_vote,
+    weighted_vote,
+)
 
-Selector = Literal["auto", "verifier", "majority", "weighted"]
+Selector = Literal["auto", "verifier", "majority", "weighted", "confidence"]
 
 
 class SamplingParams(BaseModel):
@@ -46,11 +53,24 @@ class SamplingParams(BaseModel):
 class BestOfNParams(SamplingParams):
     n: int = Field(8, ge=1, le=64, description="Candidates per request (one backend call).")
     selector: Selector = "auto"
+    keep_top: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="selector confidence: vote among only this most confident share (DeepConf).",
+    )
+    signal: Signal = Field(
+        "lowest_group", description="selector confidence: which confidence weights a vote."
+    )
     verifier: Literal["arithmetic", "logprob-judge"] = Field(
         "arithmetic",
         description="Scores for the verifier/weighted selectors; with auto, used for a weighted "
         "vote when the arithmetic checker has nothing to check.",
     )
+
+
+# Enough alternatives for DeepConf's top-k measure, cheap on vLLM (bench/logprobs_cost.py).
+CONFIDENCE_TOP_LOGPROBS = 2
 
 
 class DeadlineExceeded(Exception):
@@ -137,8 +157,37 @@ def split_usage(total: Usage, choices: Sequence[GenChoice], chosen: int) -> Usag
     return Usage(prompt=total.prompt, visible=visible, hidden=max(0, generated - visible))
 
 
+def _confidence_select(
+    sampled: Sampled, params: BestOfNParams | None
+) -> tuple[int, dict[str, Any], Usage]:
+    """DeepConf's offline vote: weight each answer by its candidate's confidence, among the
+    most confident ``keep_top`` share."""
+    p = params or BestOfNParams()
+    weights = [
+        signal_value(confidence_stats(c.logprobs), p.signal) if c.logprobs else 0.0
+        for c in sampled.choices
+    ]
+    vote = confidence_vote(sampled.answers, weights, p.keep_top)
+    chosen = vote.chosen if vote.chosen is not None else 0
+    info: dict[str, Any] = {
+        "selector": "confidence",
+        "answers": list(sampled.answers),
+        "votes": {k: round(v, 4) for k, v in vote.tally.items()},
+        "vote_margin": vote.margin,
+        "tie": vote.tie,
+        "no_answer": vote.winner is None,
+        "chosen_index": chosen,
+        "confidence": [round(w, 4) for w in weights],
+    }
+    return chosen, info, Usage()
+
+
 async def select(
-    question: str, sampled: Sampled, selector: Selector, verifier: Verifier | None
+    question: str,
+    sampled: Sampled,
+    selector: Selector,
+    verifier: Verifier | None,
+    verifier_params: BestOfNParams | None = None,
 ) -> tuple[int, dict[str, Any], Usage]:
     """Pick a candidate. Returns (index, info, verifier usage)."""
     texts = [c.text for c in sampled.choices]
@@ -149,6 +198,8 @@ async def select(
             used, v = "weighted", ArithmeticConsistencyVerifier()
         else:
             used = "majority" if v.name == "arithmetic" else "weighted"
+    if selector == "confidence":
+        return _confidence_select(sampled, verifier_params)
     scores: list[Score] = []
     if used in ("verifier", "weighted"):
         cands = [
@@ -191,7 +242,10 @@ class BestOfN:
     name: str = "best-of-n"
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
+        client_logprobs = request.logprobs
         seeds = request.seeds[: self.params.n - 1]
+        if self.params.selector == "confidence" and not request.logprobs:
+            request = replace(request, logprobs=True, top_logprobs=CONFIDENCE_TOP_LOGPROBS)
         result, n_used = await sample(request, ctx, self.params, self.params.n - len(seeds))
         choices = (*seeds, *result.choices)
         if seeds:  # seeds were generated (and counted) before this call
@@ -204,7 +258,7 @@ class BestOfN:
             self.params.verifier, VerifierContext(generator=ctx.generator), {}
         )
         chosen, info, verify_usage = await select(
-            question_of(request.messages), sampled, self.params.selector, verifier
+            question_of(request.messages), sampled, self.params.selector, verifier, self.params
         )
         ctx.budget.charge(Usage(hidden=verify_usage.hidden))
         if chosen < len(seeds):  # a seed won: every token of this call is hidden
@@ -213,15 +267,17 @@ class BestOfN:
         else:
             usage = split_usage(result.usage, result.choices, chosen) + verify_usage
         pick = result.choices[chosen]
+        logprobs = pick.raw_logprobs if client_logprobs else None
         n_used += len(seeds)
         info.update(samples=n_used, requested_samples=self.params.n, backend_calls=1)
         if seeds:
             info.update(seeded=len(seeds), seed_chosen=chosen < len(seeds))
         reason: StopReason = "budget" if n_used < self.params.n else "completed"
         return StrategyResult(
-            choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, pick.raw_logprobs),),
+            choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, logprobs),),
             usage=usage,
             stop_reason=reason,
             info=info,
             model=result.model,
+            candidates=choices,
         )

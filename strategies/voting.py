@@ -1,5 +1,6 @@
-"""Selection over candidates: majority vote, weighted vote, best score; and the adaptive
-stopping rule. Pure functions; ties and "no extractable answer" are explicit outcomes.
+"""Selection over candidates: majority vote, weighted vote, DeepConf's confidence-filtered
+vote, best score; and the adaptive stopping rules. Pure functions; ties and "no extractable
+answer" are explicit outcomes.
 """
 
 from __future__ import annotations
@@ -51,6 +52,40 @@ def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> Vo
     runner = tally[ranked[1]] if len(ranked) > 1 else 0.0
     tie = len(ranked) > 1 and math.isclose(tally[best], runner) and count[best] == count[ranked[1]]
     return VoteResult(best, first[best], tally, tie, tally[best] - runner)
+
+
+def confidence_vote(
+    answers: Sequence[str | None], confidences: Sequence[float], keep_top: float = 1.0
+) -> VoteResult:
+    """DeepConf's confidence-filtered, confidence-weighted majority vote.
+
+    Of the candidates with an answer, keep the ``ceil(keep_top * count)`` most confident (at
+    least one; ties in confidence: earliest first), then ``weighted_vote`` over them with their
+    confidences as weights. Dropped candidates count for nobody; ``chosen`` indexes the
+    ORIGINAL list. ``0 < keep_top <= 1`` and confidences ≥ 0, else ``ValueError``.
+    """
+    if len(answers) != len(confidences):
+        raise ValueError("answers and confidences differ in length")
+    if not 0.0 < keep_top <= 1.0:
+        raise ValueError(f"keep_top must be in (0, 1], got {keep_top}")
+    if any(c < 0.0 for c in confidences):
+        raise ValueError("confidences must be non-negative")
+    answered = [i for i, a in enumerate(answers) if a is not None]
+    keep = max(1, math.ceil(keep_top * len(answered) - 1e-9))  # 0.3 * 10 is 3.0000000000000004
+    kept = set(sorted(answered, key=lambda i: (-confidences[i], i))[:keep])
+    filtered = [a if i in kept else None for i, a in enumerate(answers)]
+    return weighted_vote(filtered, confidences)
+
+
+def weighted_leader_share(answers: Sequence[str | None], weights: Sequence[float]) -> float:
+    """The leading answer's share of the total weight of the answered candidates, in [0, 1]
+    (0.0 when none has an answer or all weights are 0): an early-stop signal ("stop once the
+    confidence-weighted leader holds more than x of the weight")."""
+    tally = weighted_vote(answers, weights).tally
+    total = sum(tally.values())
+    if not tally or total <= 0.0:
+        return 0.0
+    return max(tally.values()) / total
 
 
 def majority_vote(answers: Sequence[str | None]) -> VoteResult:

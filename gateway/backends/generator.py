@@ -116,7 +116,10 @@ def parse_result(data: dict[str, Any]) -> GenResult:
 
 def _prompt_logprobs(raw: Any) -> tuple[TokenLogprob | None, ...] | None:
     """vLLM's ``prompt_logprobs``: per position ``None`` (the first token) or
-    ``{token_id: {logprob, rank, decoded_token}}``, the prompt's own token ranked first."""
+    ``{token_id: {logprob, rank, decoded_token}}``, the prompt's own token listed first, then
+    the top-k by rank. ``top`` holds the entries in rank order, like a generated token's top
+    alternatives: the own token only when it is among them (vLLM adds it as an extra entry when
+    it is not, so an entry ranked beyond the number of entries is that extra)."""
     if not isinstance(raw, list):
         return None
     out: list[TokenLogprob | None] = []
@@ -125,8 +128,9 @@ def _prompt_logprobs(raw: Any) -> tuple[TokenLogprob | None, ...] | None:
         if not values:
             out.append(None)
             continue
-        own = values[0]  # vLLM lists the prompt's own token first, then the top-k by rank
-        top = sorted(values, key=lambda v: v.get("rank") or 0)
+        own = values[0]
+        ranked = [v for v in values if int(v.get("rank") or 0) <= len(values)]
+        top = sorted(ranked, key=lambda v: v.get("rank") or 0)
         out.append(
             TokenLogprob(
                 str(own.get("decoded_token", "")),

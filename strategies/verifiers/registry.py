@@ -18,8 +18,10 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from strategies.answers import ExtractSpec
+from strategies.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, Signal
 from strategies.ports import Generator, Verifier
 from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier
+from strategies.verifiers.confidence import ConfidenceVerifier
 from strategies.verifiers.exact import (
     JsonSchemaVerifier,
     MultipleChoiceVerifier,
@@ -37,7 +39,8 @@ class VerifierConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class VerifierContext:
-    """Collaborators a factory may need: the route's chat ``generator`` (judges) and the
+    """Collaborators a factory may need: the route's chat ``generator`` (judges; the
+    confidence verifier's prompt-logprob scoring) and the
     request's known ``reference`` answer (evaluation, calibration)."""
 
     generator: Generator | None = None
@@ -59,6 +62,13 @@ class JudgeParams(_Params):
     prompt_template: str | None = None
     step_template: str | None = None
     top_logprobs: int = Field(default=MAX_TOP_LOGPROBS, ge=1, le=MAX_TOP_LOGPROBS)
+
+
+class ConfidenceParams(_Params):
+    signal: Signal = "lowest_group"
+    window: int = Field(default=DEFAULT_WINDOW, ge=2)
+    tail: int = Field(default=DEFAULT_TAIL, ge=1)
+    length_penalty: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class ReferenceParams(_Params):
@@ -91,6 +101,18 @@ def _judge(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
     )
 
 
+def _confidence(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
+    # No generator needed: candidates sampled with logprobs are scored from their own tokens.
+    p = ConfidenceParams(**params)
+    return ConfidenceVerifier(
+        context.generator,
+        signal=p.signal,
+        window=p.window,
+        tail=p.tail,
+        length_penalty=p.length_penalty,
+    )
+
+
 def _reference(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
     p = ReferenceParams(**params)
     reference = p.reference or context.reference
@@ -114,10 +136,24 @@ def _schema(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
 VERIFIERS: Mapping[str, VerifierFactory] = {
     "arithmetic": _arithmetic,
     "logprob-judge": _judge,
+    "confidence": _confidence,
     "reference-match": _reference,
     "multiple-choice": _choice,
     "json-schema": _schema,
 }
+
+
+VERIFIER_PARAMS: Mapping[str, type[BaseModel]] = {
+    "arithmetic": ArithmeticParams,
+    "logprob-judge": JudgeParams,
+    "confidence": ConfidenceParams,
+    "reference-match": ReferenceParams,
+    "multiple-choice": ChoiceParams,
+    "json-schema": SchemaParams,
+}
+"""Each built-in verifier's params model, for config-time validation (``model_validate``
+raises pydantic's ``ValidationError`` with the failing field's location); no collaborators
+are needed."""
 
 
 def build_verifier(
@@ -209,3 +245,29 @@ def _resolve(spec: str, available: Callable[[], Iterable[EntryPoint]]) -> object
             f"that name in group {ENTRY_POINT_GROUP!r}"
         )
     return matches[0].load()
+
+
+PARAMS: Mapping[str, type[BaseModel]] = {
+    "arithmetic": ArithmeticParams,
+    "logprob-judge": JudgeParams,
+    "confidence": ConfidenceParams,
+    "reference-match": ReferenceParams,
+    "multiple-choice": ChoiceParams,
+    "json-schema": SchemaParams,
+}
+"""Each built-in verifier's params model (the policy file's ``verifier_params``)."""
+
+
+def params_problems(name: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Why ``params`` do not suit verifier ``name``: (dotted field path, message) pairs."""
+    model = PARAMS.get(name)
+    if model is None:
+        return [("", f"unknown verifier {name!r}; built-in: {sorted(PARAMS)}")]
+    try:
+        model.model_validate(params)
+    except ValidationError as e:
+        return [
+            (".".join(str(p) for p in err["loc"]), str(err["msg"]).removeprefix("Value error, "))
+            for err in e.errors(include_url=False)
+        ]
+    return []

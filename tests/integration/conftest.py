@@ -62,6 +62,9 @@ def backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+LADDER_DEADLINE_S = 8.0
+
+
 @pytest.fixture(scope="session")
 def dead_url() -> str:
     """A loopback port nobody listens on."""
@@ -96,6 +99,16 @@ def gateway_config(
     config["routes"] += [
         {"name": "dead-route", "strategy": "single-pass", "backend": "dead"},
         {"name": "mixed-route", "strategy": "single-pass", "backend": "mixed"},
+        # A ladder whose second rung cannot finish before its deadline (tests/integration/
+        # test_ladders.py): the check at threshold 1.0 always escalates.
+        {
+            "name": "ladder-deadline",
+            "strategy": "single-pass",
+            "backend": "default",
+            "sampling": {"temperature": 0},
+            "escalate_to": [{"samples": 64, "verifier": "arithmetic", "threshold": 1.0}],
+            "budget": {"max_total_tokens": 60000, "deadline_s": LADDER_DEADLINE_S},
+        },
     ]
     path = tmp_path_factory.mktemp("gateway") / "routes.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

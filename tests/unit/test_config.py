@@ -37,10 +37,13 @@ def test_shipped_configs_are_valid() -> None:
     assert cfg.default_route == "single-pass"
     assert [r.name for r in cfg.routes] == [
         "single-pass",
+        "greedy-ladder",
+        "confidence-ladder",
         "bounded-reasoning",
         "best-of-n",
         "self-consistency",
         "adaptive-consistency",
+        "adaptive-confidence",
         "refine",
         "prm-search",
     ]

@@ -162,6 +162,9 @@ async def run_route(
         ) from e
     if budget.exhausted_by is not None and result.stop_reason == "budget":
         result = replace(result, info={**result.info, "cap": budget.exhausted_by})
+    detail = result.info.get("candidates")
+    if isinstance(detail, list) and len(detail) > route.candidate_detail:
+        result = replace(result, info={k: v for k, v in result.info.items() if k != "candidates"})
     ctx.usage = result.usage
     ctx.stats = strategy_stats(result)
     ctx.hidden_sources = {_HIDDEN_SOURCE.get(route.strategy, "candidates"): result.usage.hidden}

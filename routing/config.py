@@ -101,6 +101,13 @@ class _RouteBase(_Strict):
     sampling: SamplingOverrides = Field(
         SamplingOverrides(), description="Sampling applied to every backend call of the route."
     )
+    candidate_detail: int = Field(
+        32,
+        ge=0,
+        le=64,
+        description="List every candidate (tokens, answer, score, confidence) in the "
+        "`deliberate` object when a request has at most this many; 0 = never.",
+    )
     lock_sampling: bool = Field(
         False, description="The route's sampling wins even over a client that names the route."
     )

@@ -56,7 +56,7 @@ class AdaptiveConsistencyParams(SamplingParams):
     keep_top: float = Field(
         1.0, gt=0, le=1, description="vote=confidence: keep only this most confident share."
     )
-    signal: Signal = Field("lowest_group", description="Which confidence weights a sample.")
+    signal: Signal = Field("mean", description="Which confidence weights a sample.")
 
     @field_validator("waves")
     @classmethod
@@ -75,7 +75,6 @@ class AdaptiveConsistencyParams(SamplingParams):
 @dataclass(frozen=True)
 class AdaptiveConsistency:
     params: AdaptiveConsistencyParams
-    detail_limit: int = 16
 
     def _weights(self, pool: CandidatePool) -> list[float]:
         out = []
@@ -138,8 +137,7 @@ class AdaptiveConsistency:
             "no_answer": vote.winner is None,
             "chosen_index": chosen,
         }
-        if (detail := candidate_detail(pool, None, self.detail_limit, chosen)) is not None:
-            info["candidates"] = detail
+        info["candidates"] = candidate_detail(pool, None, chosen)
         logprobs = pick.raw_logprobs if request.logprobs else None
         return StrategyResult(
             choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, logprobs),),

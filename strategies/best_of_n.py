@@ -60,7 +60,7 @@ class BestOfNParams(SamplingParams):
         description="selector confidence: vote among only this most confident share (DeepConf).",
     )
     signal: Signal = Field(
-        "lowest_group", description="selector confidence: which confidence weights a vote."
+        "mean", description="selector confidence: which confidence weights a vote."
     )
     verifier: Literal["arithmetic", "logprob-judge"] = Field(
         "arithmetic",

@@ -1,22 +1,25 @@
 """DeepConf-style confidence of a generated text from its token logprobs (arXiv 2508.15260).
 
-Pure maths, no I/O. A token's confidence here is the probability of the token actually chosen,
-``exp(logprob)`` clamped to [0, 1]: bounded, comparable across requests, and it needs only
-``logprobs=true`` (no top alternatives). Over a sequence of tokens:
+Pure maths, no I/O. Confidence over a span of tokens is the geometric mean probability of the
+tokens actually chosen, ``exp(mean logprob)``: in [0, 1], comparable across requests, and it
+needs only ``logprobs=true`` (no top alternatives). Over a sequence of tokens:
 
-- ``mean``: the arithmetic mean of the token probabilities;
-- ``lowest_group``: the minimum, over every sliding window of ``window`` consecutive tokens, of
-  the window's mean probability (one window of all tokens when there are fewer) — one confused
-  stretch lowers it even when the rest of the text is confident (DeepConf's "lowest group
-  confidence");
-- ``tail``: the mean probability of the last ``tail`` tokens (the final answer usually lives
-  there).
+- ``mean``: over all tokens (the inverse of the text's perplexity);
+- ``lowest_group``: the minimum over every sliding window of ``window`` consecutive tokens
+  (one window of all tokens when there are fewer) — one confused stretch lowers it even when
+  the rest of the text is confident (DeepConf's "lowest group confidence");
+- ``tail``: over the last ``tail`` tokens (the final answer usually lives there).
 
-All three are arithmetic means of probabilities (not geometric means, which one token of
-probability ~0 would drag to ~0), so they stay in [0, 1]. DeepConf's own token confidence is the
-negative mean logprob of the top-k alternatives, ``-(1/k) Σ_j log P(j)``: unbounded (≥ 0), high
-when the distribution is peaked. ``deepconf_mean`` is its mean over the tokens, computed only
-when every token carries top alternatives (``top_logprobs=k`` was asked), ``None`` otherwise.
+Why a geometric, not an arithmetic, mean: a corrupted number or an answer cut off mid-sentence
+shows up as one or two tokens of probability ~1e-10 among confident ones. The arithmetic mean
+of probabilities barely moves (−1/16 per such token in a 16-token window); the mean logprob
+drops by ~1.4 per token, which is the signal (measured on SmolLM2: tests/integration/
+test_ladders.py). A logprob below -100 (or NaN) counts as -100.
+
+DeepConf's own token confidence is the negative mean logprob of the top-k alternatives,
+``-(1/k) Σ_j log P(j)``: unbounded (≥ 0), high when the distribution is peaked.
+``deepconf_mean`` is its mean over the tokens, computed only when every token carries top
+alternatives (``top_logprobs=k`` was asked), ``None`` otherwise.
 
 ``text_segments`` aligns texts with the prompt logprobs of a chat turn that contains them (how
 a verifier scores a text it did not sample; see its docstring for the rule).
@@ -36,6 +39,7 @@ Signal = Literal["mean", "lowest_group", "tail"]
 SIGNALS: tuple[Signal, ...] = ("mean", "lowest_group", "tail")
 DEFAULT_WINDOW = 16
 DEFAULT_TAIL = 16
+LOGPROB_FLOOR = -100.0
 CHARS_PER_TOKEN = 3  # the fallback's token estimate for a text that cannot be located
 
 
@@ -71,21 +75,33 @@ def confidence_stats(
     must be ≥ 1 (``ValueError`` otherwise)."""
     if window < 1 or tail < 1:
         raise ValueError(f"window and tail must be >= 1, got window={window}, tail={tail}")
-    probs = [token_probability(t) for t in logprobs]
-    n = len(probs)
+    lps = [_logprob(t) for t in logprobs]
+    n = len(lps)
     if n == 0:
         return ConfidenceStats(0.0, 0.0, 0.0, 0)
-    mean = sum(probs) / n
     w = min(window, n)
-    running = sum(probs[:w])
+    running = sum(lps[:w])
     lowest = running
     for i in range(w, n):
-        running += probs[i] - probs[i - w]
+        running += lps[i] - lps[i - w]
         lowest = min(lowest, running)
     t = min(tail, n)
     return ConfidenceStats(
-        _clamp(mean), _clamp(lowest / w), _clamp(sum(probs[n - t :]) / t), n, _deepconf(logprobs)
+        _prob(sum(lps) / n), _prob(lowest / w), _prob(sum(lps[n - t :]) / t), n, _deepconf(logprobs)
     )
+
+
+def _logprob(position: TokenLogprob) -> float:
+    """The chosen token's logprob, ≤ 0 (a positive rounding error is 0); NaN and -inf count
+    as a floor of -100 so that one broken value cannot make a whole window undefined."""
+    lp = position.logprob
+    if math.isnan(lp):
+        return LOGPROB_FLOOR
+    return max(LOGPROB_FLOOR, min(lp, 0.0))
+
+
+def _prob(mean_logprob: float) -> float:
+    return _clamp(math.exp(mean_logprob))
 
 
 def _deepconf(logprobs: Sequence[TokenLogprob]) -> float | None:

@@ -65,13 +65,11 @@ class RungPlan:
 @dataclass(frozen=True)
 class Ladder:
     """``first``: the route's own strategy (None: one sample, as a single-pass route);
-    ``params``: per-candidate defaults of sample rungs (max_tokens, answer format);
-    ``detail_limit``: list per-candidate detail up to this many candidates."""
+    ``params``: per-candidate defaults of sample rungs (max_tokens, answer format)."""
 
     rungs: tuple[RungPlan, ...]
     params: SamplingParams = SamplingParams(temperature=0.0)
     first: Strategy | None = None
-    detail_limit: int = 16
 
     @property
     def wants_logprobs(self) -> bool:
@@ -129,6 +127,8 @@ class Ladder:
             sel = await self._final(question, gate, pool, ctx, reason)
             path[-1].update(verifier=gate.verifier.name, best_score=round(sel.score, 4))
             path[-1]["passed"] = sel.passed
+            if sel.passed and reason == "completed":
+                reason = "verified"
         return self._result(request, pool, sel, gate, reason, path, ctx)
 
     async def _first(
@@ -217,9 +217,7 @@ class Ladder:
             "chosen_wave": pool.waves[sel.index],
             "verifier_calls": pool.scored,
         }
-        detail = candidate_detail(pool, gate.verifier.name, self.detail_limit, sel.index)
-        if detail is not None:
-            info["candidates"] = detail
+        info["candidates"] = candidate_detail(pool, gate.verifier.name, sel.index)
         logprobs = pick.raw_logprobs if request.logprobs else None
         return StrategyResult(
             choices=(Choice(pick.text, pick.finish_reason, pick.reasoning, logprobs),),

@@ -161,11 +161,11 @@ async def draw(
 
 
 def candidate_detail(
-    pool: CandidatePool, verifier: str | None, limit: int, chosen: int
-) -> list[dict[str, Any]] | None:
-    """Per-candidate detail for the ``deliberate`` object (None above ``limit`` candidates)."""
-    if len(pool) > limit:
-        return None
+    pool: CandidatePool, verifier: str | None, chosen: int
+) -> list[dict[str, Any]]:
+    """Per-candidate detail for the ``deliberate`` object: tokens, answer, the verifier's
+    score and the confidence of each candidate (the gateway drops it above a route's
+    ``candidate_detail`` count)."""
     book = pool._scores.get(verifier or "", [])
     out = []
     for i, c in enumerate(pool.choices):

@@ -74,7 +74,7 @@ class ConfidenceVerifier:
         self,
         generator: Generator | None = None,
         *,
-        signal: Signal = "lowest_group",
+        signal: Signal = "mean",
         window: int = DEFAULT_WINDOW,
         tail: int = DEFAULT_TAIL,
         length_penalty: float = 0.5,

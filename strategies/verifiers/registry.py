@@ -65,7 +65,7 @@ class JudgeParams(_Params):
 
 
 class ConfidenceParams(_Params):
-    signal: Signal = "lowest_group"
+    signal: Signal = "mean"
     window: int = Field(default=DEFAULT_WINDOW, ge=2)
     tail: int = Field(default=DEFAULT_TAIL, ge=1)
     length_penalty: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -247,22 +247,11 @@ def _resolve(spec: str, available: Callable[[], Iterable[EntryPoint]]) -> object
     return matches[0].load()
 
 
-PARAMS: Mapping[str, type[BaseModel]] = {
-    "arithmetic": ArithmeticParams,
-    "logprob-judge": JudgeParams,
-    "confidence": ConfidenceParams,
-    "reference-match": ReferenceParams,
-    "multiple-choice": ChoiceParams,
-    "json-schema": SchemaParams,
-}
-"""Each built-in verifier's params model (the policy file's ``verifier_params``)."""
-
-
 def params_problems(name: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Why ``params`` do not suit verifier ``name``: (dotted field path, message) pairs."""
-    model = PARAMS.get(name)
+    model = VERIFIER_PARAMS.get(name)
     if model is None:
-        return [("", f"unknown verifier {name!r}; built-in: {sorted(PARAMS)}")]
+        return [("", f"unknown verifier {name!r}; built-in: {sorted(VERIFIER_PARAMS)}")]
     try:
         model.model_validate(params)
     except ValidationError as e:

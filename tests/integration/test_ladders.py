@@ -140,12 +140,13 @@ def test_confidence_ranks_greedy_above_truncated_and_corrupted(backend_url: str)
                 a, b = rng.randint(10, 99), rng.randint(10, 99)
                 question = f"What is {a} + {b}? Explain briefly."
                 greedy = await gen.generate(
-                    GenRequest(ask(question), max_tokens=64, temperature=0.0)
+                    GenRequest(ask(question), max_tokens=192, temperature=0.0)
                 )
                 text = greedy.choices[0].text
                 words = text.split()
                 corrupted = _corrupt(text, rng)
-                if len(words) < 6 or corrupted is None:
+                finished = greedy.choices[0].finish_reason == "stop"
+                if not finished or len(words) < 6 or corrupted is None:
                     continue
                 items += 1
                 truncated = " ".join(words[: len(words) // 2])

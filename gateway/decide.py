@@ -175,7 +175,7 @@ def _ladder_shape(
         first,
         rungs,
         check_calls=check_calls,
-        check_growth=visible + _CHECK_TEMPLATE_TOKENS,
+        check_growth=visible + _CHECK_TEMPLATE_TOKENS if check_calls else 0,
         cap=min(caps) if caps else None,
     )
 

@@ -139,7 +139,7 @@ class Metrics:
         )
         self.escalations = Counter(
             "deliberate_escalations",
-            "Cascade checks by class and route: escalated or answered cheaply (kept).",
+            "Escalation-ladder rungs by class and route: ran (escalated) or skipped because the best answer passed its check (kept).",
             ["class", "from_route", "to_route", "outcome"],
             registry=registry,
         )

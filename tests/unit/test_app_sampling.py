@@ -124,3 +124,13 @@ async def test_ladder_through_the_app(
         {"class": "explicit", "from_route": "ladder", "to_route": "samples:2", "outcome": outcome},
     )
     assert value == 1
+
+
+async def test_reservation_covers_the_whole_ladder(gateway: Factory, fake: FakeVLLM) -> None:
+    client, _ = await gateway(DeliberateConfig.model_validate(raw()))
+    e = (await client.post("/v1/route/explain", json={**SUM, "model": "ladder"})).json()
+    est = e["estimates"]
+    # the first answer, then 2 and 4 more samples, each at most max_tokens=16; three calls
+    assert est["generated_tokens_max"] == (1 + 2 + 4) * 16
+    assert est["tokens_worst_case"] == 3 * est["prompt_tokens"] + 7 * 16
+    assert est["parallel_sequences"] == 4

@@ -56,22 +56,27 @@ CONFUSED_MIDDLE = toks(*([0.9] * 8 + [0.1] * 4 + [0.9] * 8))
 def test_window_minimum_picks_the_confused_stretch() -> None:
     stats = confidence_stats(CONFUSED_MIDDLE, window=4, tail=4)
     assert stats.tokens == 20
-    assert stats.mean == pytest.approx((16 * 0.9 + 4 * 0.1) / 20)
+    # Geometric means: exp(mean logprob) = the product of the probabilities ** (1 / count).
+    assert stats.mean == pytest.approx(0.9**0.8 * 0.1**0.2)  # (0.9^16 * 0.1^4) ** (1/20)
     assert stats.lowest_group == pytest.approx(0.1)
     assert stats.tail == pytest.approx(0.9)
     # A wider window dilutes the stretch: 4 confused + 4 confident tokens at best.
-    assert confidence_stats(CONFUSED_MIDDLE, window=8, tail=4).lowest_group == pytest.approx(0.5)
+    wide = confidence_stats(CONFUSED_MIDDLE, window=8, tail=4)
+    assert wide.lowest_group == pytest.approx(math.sqrt(0.9 * 0.1))  # 0.3
 
 
 def test_tail_is_the_mean_of_the_last_tokens() -> None:
     stats = confidence_stats(toks(0.9, 0.9, 0.9, 0.2, 0.4), window=2, tail=2)
-    assert stats.tail == pytest.approx(0.3)
-    assert stats.lowest_group == pytest.approx(0.3)  # the last window (0.2, 0.4)
+    assert stats.tail == pytest.approx(math.sqrt(0.2 * 0.4))
+    # Windows: 0.9, 0.9, sqrt(0.9 * 0.2) ≈ 0.42, sqrt(0.2 * 0.4) ≈ 0.28: the last is lowest.
+    assert stats.lowest_group == pytest.approx(math.sqrt(0.2 * 0.4))
+    assert stats.mean == pytest.approx((0.9**3 * 0.2 * 0.4) ** (1 / 5))
 
 
 def test_fewer_tokens_than_window_or_tail_is_one_window_of_all() -> None:
     stats = confidence_stats(toks(0.5, 1.0), window=16, tail=16)
-    assert (stats.mean, stats.lowest_group, stats.tail) == pytest.approx((0.75, 0.75, 0.75))
+    root = math.sqrt(0.5 * 1.0)
+    assert (stats.mean, stats.lowest_group, stats.tail) == pytest.approx((root, root, root))
 
 
 def test_empty_logprobs_give_zero_stats() -> None:
@@ -85,9 +90,11 @@ def test_sliding_window_matches_brute_force() -> None:
         window, tail = rng.randint(1, 12), rng.randint(1, 12)
         stats = confidence_stats(toks(*probs), window, tail)
         w = min(window, len(probs))
-        brute = min(sum(probs[i : i + w]) / w for i in range(len(probs) - w + 1))
+        brute = min(math.prod(probs[i : i + w]) ** (1 / w) for i in range(len(probs) - w + 1))
         assert stats.lowest_group == pytest.approx(brute)
-        assert stats.tail == pytest.approx(sum(probs[-tail:]) / len(probs[-tail:]))
+        last = probs[-tail:]
+        assert stats.tail == pytest.approx(math.prod(last) ** (1 / len(last)))
+        assert stats.mean == pytest.approx(math.prod(probs) ** (1 / len(probs)))
 
 
 def test_token_probability_is_bounded() -> None:
@@ -95,6 +102,22 @@ def test_token_probability_is_bounded() -> None:
     assert token_probability(TokenLogprob("a", float("nan"))) == 0.0
     assert token_probability(TokenLogprob("a", float("-inf"))) == 0.0
     assert token_probability(TokenLogprob("a", -9999.0)) == 0.0
+
+
+def test_logprobs_are_clamped_to_the_floor_and_to_zero() -> None:
+    broken = [TokenLogprob("a", float("nan")), TokenLogprob("b", 1e-7)]  # → -100 and 0
+    assert confidence_stats(broken).mean == pytest.approx(math.exp(-50.0))
+    for bad in (float("-inf"), -9999.0):
+        stats = confidence_stats([TokenLogprob("a", bad), TokenLogprob("b", -0.1)])
+        assert stats.mean == pytest.approx(math.exp((-100.0 - 0.1) / 2))
+    assert confidence_stats([TokenLogprob("a", 0.3)]) == ConfidenceStats(1.0, 1.0, 1.0, 1)
+
+
+def test_one_near_zero_token_drags_its_window_down() -> None:
+    # Arithmetic: (15 * 0.9 + 1e-10) / 16 ≈ 0.84; geometric: 0.9^(15/16) * 1e-10^(1/16) ≈ 0.21.
+    stats = confidence_stats(toks(*[0.9] * 15, 1e-10), window=16, tail=16)
+    expected = 0.9 ** (15 / 16) * 1e-10 ** (1 / 16)
+    assert stats.lowest_group == pytest.approx(expected) and expected < 0.22
 
 
 def test_deepconf_measure_needs_top_alternatives() -> None:
@@ -252,13 +275,17 @@ class Exhausted:
 
 
 async def test_candidates_with_logprobs_are_scored_from_their_own_tokens() -> None:
-    verifier = ConfidenceVerifier(NoCalls(), window=4, tail=4)
+    verifier = ConfidenceVerifier(NoCalls(), signal="lowest_group", window=4, tail=4)
     confident = Candidate(0, "x", logprobs=toks(*[0.9] * 20))
     confused = Candidate(1, "y", logprobs=CONFUSED_MIDDLE)
     a, b = await verifier.score("q", [confident, confused])
     assert a.value == pytest.approx(0.9) and b.value == pytest.approx(0.1)
-    assert b.detail == "lowest_group=0.10 mean=0.74 tail=0.90 over 20 tokens"
+    assert b.detail == "lowest_group=0.10 mean=0.58 tail=0.90 over 20 tokens"
     assert a.usage == Usage() and b.usage == Usage()
+    # The default signal is the mean: (0.9^16 * 0.1^4) ** (1/20) ≈ 0.58.
+    (mean,) = await ConfidenceVerifier(NoCalls(), window=4, tail=4).score("q", [confused])
+    assert mean.value == pytest.approx(0.9**0.8 * 0.1**0.2)
+    assert mean.detail == "mean=0.58 lowest_group=0.10 tail=0.90 over 20 tokens"
     (tail,) = await ConfidenceVerifier(signal="tail", tail=4).score("q", [confused])
     assert tail.value == pytest.approx(0.9)
 
@@ -316,7 +343,20 @@ async def test_confused_and_cut_off_texts_score_lower_than_a_clean_one() -> None
         "What is 2+3?", [Candidate(i, t) for i, t in enumerate(texts)]
     )
     assert len(backend.requests) == 3  # one call per candidate, all in flight together
+    # The default signal, the mean. Clean: 11 tokens (10 pieces + <|im_end|>) at -0.05.
+    # Confused: 12 tokens, " zq" and " ??" at -4.0. Cut: 10 tokens, <|im_end|> after " is"
+    # at -3.0.
+    assert clean.value == pytest.approx(math.exp(-0.05))
+    assert confused.value == pytest.approx(math.exp((2 * -4.0 + 10 * -0.05) / 12))
+    assert cut.value == pytest.approx(math.exp((-3.0 + 9 * -0.05) / 10))
     assert confused.value < clean.value and cut.value < clean.value
+    # The lowest window of 2 singles out the confused pair and the cut-off end.
+    lowest = ConfidenceVerifier(PromptLogprobBackend(), signal="lowest_group", window=2, tail=2)
+    _, confused_low, cut_low = await lowest.score(
+        "What is 2+3?", [Candidate(i, t) for i, t in enumerate(texts)]
+    )
+    assert confused_low.value == pytest.approx(math.exp(-4.0))
+    assert cut_low.value == pytest.approx(math.exp((-0.05 - 3.0) / 2))
     (cut_tail,) = await ConfidenceVerifier(PromptLogprobBackend(), signal="tail").score(
         "q", [Candidate(0, texts[2])]
     )
@@ -324,6 +364,8 @@ async def test_confused_and_cut_off_texts_score_lower_than_a_clean_one() -> None
         "q", [Candidate(0, texts[0])]
     )
     assert cut_tail.value < clean_tail.value  # the end-of-turn marker is in the tail
+    assert cut_tail.value == pytest.approx(math.exp((-3.0 + 9 * -0.05) / 10))  # tail 16 ⊇ all
+    assert clean_tail.value == pytest.approx(math.exp(-0.05))
 
 
 async def test_duplicate_texts_are_scored_once() -> None:
@@ -355,6 +397,12 @@ async def test_steps_are_scored_in_one_open_turn_call() -> None:
     assert request.continue_final_message
     assert request.messages[-1] == {"role": "assistant", "content": "\n\n".join(steps)}
     assert bad.value < good.value and bad.value < last.value
+    # Mean (the default). Step 1: 6 pieces + "\n", "\n", all at -0.05. Step 2: "Then", " zq",
+    # " blorp", " ??", " 5.", "\n", "\n" with 3 at -4.0. Step 3: 4 pieces, no end-of-turn.
+    assert good.value == pytest.approx(math.exp(-0.05))
+    assert bad.value == pytest.approx(math.exp((3 * -4.0 + 4 * -0.05) / 7))
+    assert last.value == pytest.approx(math.exp(-0.05))
+    assert bad.detail == "mean=0.18 lowest_group=0.02 tail=0.95 over 7 tokens (prompt logprobs)"
     assert good.usage == Usage() and bad.usage == Usage() and last.usage.prompt > 0
     assert await verifier.score_steps("q", []) == []
     no_backend = await ConfidenceVerifier().score_steps("q", steps)
@@ -487,6 +535,7 @@ def test_every_builtin_verifier_has_a_params_model() -> None:
     from strategies.verifiers.registry import VERIFIER_PARAMS, VERIFIERS
 
     assert set(VERIFIER_PARAMS) == set(VERIFIERS)
+    assert VERIFIER_PARAMS["confidence"].model_validate({}).model_dump()["signal"] == "mean"
     assert VERIFIER_PARAMS["confidence"].model_validate({"signal": "tail"}).model_dump() == {
         "signal": "tail",
         "window": 16,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsistencyParams
 from strategies.base import (
     BudgetGuard,
     Deadline,
@@ -15,8 +18,10 @@ from strategies.base import (
 )
 from strategies.best_of_n import BestOfN, BestOfNParams, SamplingParams
 from strategies.ladder import Ladder, RungPlan
+from strategies.ports import GenChoice, GenRequest, GenResult, TokenLogprob
 from strategies.usage import Usage
 from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier
+from strategies.verifiers.confidence import ConfidenceVerifier
 from strategies.waves import select
 from tests.fakes import ScriptedGenerator
 
@@ -145,3 +150,79 @@ def test_select_prefers_verified_answers_then_the_vote() -> None:
     assert (sel.index, sel.passed) == (1, False)
     # no extractable answers at all: the highest score
     assert select([None, None], [0.2, 0.4], 0.5).index == 1
+
+
+# ---- confidence: adaptive early stop, weighted vote, confidence-gated ladders ----------------
+
+
+@dataclass
+class LogprobGenerator:
+    """Answers from a script of (text, per-token logprob) pairs, cycling; every token of a
+    text has the same logprob, so its confidence is exp(logprob)."""
+
+    script: list[tuple[str, float]]
+    requests: list[GenRequest] = field(default_factory=list)
+    _pos: int = 0
+
+    async def generate(self, request: GenRequest) -> GenResult:
+        self.requests.append(request)
+        choices = []
+        for i in range(request.n):
+            text, lp = self.script[self._pos % len(self.script)]
+            self._pos += 1
+            logprobs = (
+                tuple(TokenLogprob(t, lp) for t in text.split()) if request.logprobs else None
+            )
+            choices.append(GenChoice(i, text, 10, "stop", logprobs=logprobs))
+        return GenResult(tuple(choices), Usage(prompt=20, visible=10 * request.n))
+
+
+CONFIDENT, UNSURE = math.log(0.9), math.log(0.2)
+
+
+async def test_adaptive_confidence_stops_once_the_weighted_leader_holds_its_share() -> None:
+    # 4 samples: three confident "42", one unsure "41": weighted share 2.7 / 2.9 = 0.93
+    gen = LogprobGenerator([(RIGHT, CONFIDENT), (RIGHT, CONFIDENT), (WRONG, UNSURE)])
+    params = AdaptiveConsistencyParams(
+        waves=[4, 4, 8], stop="confidence", share=0.8, min_samples=4, vote="confidence"
+    )
+    res = await AdaptiveConsistency(params).run(Q, StrategyContext(gen))
+    assert [r.n for r in gen.requests] == [4]  # stopped after the first wave
+    assert all(r.logprobs and r.top_logprobs == 2 for r in gen.requests)
+    assert res.stop_reason == "converged" and res.choices[0].text == RIGHT
+    assert res.info["leader_share"] == [pytest.approx(2.7 / 2.9, abs=1e-4)]
+    assert res.choices[0].logprobs is None  # the client did not ask for logprobs
+    assert res.info["candidates"][0]["confidence"]["mean"] == pytest.approx(0.9)
+
+
+async def test_adaptive_confidence_keeps_sampling_while_split() -> None:
+    gen = LogprobGenerator([(RIGHT, CONFIDENT), (WRONG, CONFIDENT)])
+    params = AdaptiveConsistencyParams(waves=[4, 4, 8], stop="confidence", share=0.8)
+    res = await AdaptiveConsistency(params).run(Q, StrategyContext(gen))
+    assert [r.n for r in gen.requests] == [4, 4, 8] and res.stop_reason == "max_steps"
+
+
+async def test_confidence_vote_outweighs_an_unsure_majority() -> None:
+    # majority says 41 (three unsure samples); two confident 42s carry the weighted vote
+    gen = LogprobGenerator(
+        [(WRONG, UNSURE), (WRONG, UNSURE), (WRONG, UNSURE), (RIGHT, CONFIDENT), (RIGHT, CONFIDENT)]
+    )
+    res = await BestOfN(BestOfNParams(n=5, selector="confidence")).run(Q, StrategyContext(gen))
+    assert res.choices[0].text == RIGHT and res.info["selector"] == "confidence"
+    gen2 = LogprobGenerator(gen.script)
+    majority = await BestOfN(BestOfNParams(n=5, selector="majority")).run(Q, StrategyContext(gen2))
+    assert majority.choices[0].text == WRONG
+
+
+async def test_confidence_ladder_escalates_an_unsure_first_answer() -> None:
+    verifier = ConfidenceVerifier(None)
+    ladder = Ladder(
+        (RungPlan("samples:4", verifier, 0.6, samples=4, sampling={"temperature": 0.8}),),
+        SamplingParams(temperature=0.0),
+    )
+    gen = LogprobGenerator([(WRONG, UNSURE), (RIGHT, CONFIDENT)])
+    res = await ladder.run(Q, StrategyContext(gen))
+    assert [r.n for r in gen.requests] == [1, 4] and gen.requests[0].logprobs
+    assert res.choices[0].text == RIGHT and res.stop_reason == "verified"
+    path = res.info["ladder"]["path"]
+    assert path[0]["passed"] is False and path[0]["best_score"] == pytest.approx(0.2)

@@ -89,7 +89,9 @@ def build_ladder(
     first = (
         None if route.strategy == "single-pass" else build_strategy(route, pools, ctx.request_id)
     )
-    return Ladder(tuple(rungs), ladder_params(route, config), first)
+    decision = ctx.decision
+    start = decision.start_rung if decision is not None and decision.route == route.name else 0
+    return Ladder(tuple(rungs), ladder_params(route, config), first, start)
 
 
 def _route_rung_sampling(

@@ -25,6 +25,17 @@ class CandidateView:
 
 
 @dataclass(frozen=True, slots=True)
+class GainView:
+    """Predicted P(cheap rung right), P(ladder right) and their difference, and whether the
+    request can be verified (a ladder only climbs on a failed check)."""
+
+    p_cheap: float | None
+    p_ladder: float | None
+    gain: float | None
+    verifiable: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """Which route serves a request and why."""
 
@@ -38,6 +49,10 @@ class Decision:
     escalate_to: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     """More ``key=value`` pairs for the reason header (admission's ``down_from``, ``cause``)."""
+    gain: GainView | None = None
+    """The gain rule's estimate, when the class routes by predicted gain."""
+    start_rung: int = 0
+    """Where the chosen route's ladder starts (0: its own first answer; k: rung k)."""
 
     def chosen(self) -> CandidateView | None:
         return next((c for c in self.candidates if c.route == self.route), None)
@@ -52,6 +67,10 @@ class Decision:
             parts.append(f"p95_ms={c.latency_ms:.0f}")
         if self.escalate_to:
             parts.append(f"escalate={self.escalate_to}")
+        if self.gain is not None and self.gain.gain is not None:
+            parts.append(f"gain={self.gain.gain:+.2f}")
+        if self.start_rung:
+            parts.append(f"start_rung={self.start_rung}")
         parts += [f"{k}={v}" for k, v in self.extra.items()]
         return "; ".join(parts)
 
@@ -65,6 +84,8 @@ class Decision:
             self.candidates,
             self.escalate_to,
             {**self.extra, **pairs},
+            self.gain,
+            self.start_rung,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from routing.classify import Classifier
 from routing.config import DeliberateConfig, Route
 from routing.decision import CandidateView, Decision, QualitySource
-from routing.features import Features, extract
+from routing.features import Features, extract, message_text
+from routing.gain import apply_gain
 from routing.policy_config import ClassPolicy, Measured, ladder_label
 from routing.resolve import AUTO, RouteTable
 
@@ -92,7 +93,8 @@ class Router:
         features = extract(messages, metadata)
         match = self.classifier.classify(features)
         class_policy = policy.classes.get(match.name) or policy.classes[policy.default_class]
-        return self.choose(match.name, match.why, class_policy, features, live, unfit)
+        question = last_user_text(messages)
+        return self.choose(match.name, match.why, class_policy, features, live, unfit, question)
 
     def _fixed(self, source: Any, route: Route, why: str) -> Decision:
         cls = "explicit" if source == "explicit" else source
@@ -107,6 +109,7 @@ class Router:
         features: Features,
         live: LiveFn | None,
         unfit: UnfitFn | None = None,
+        question: str = "",
     ) -> Decision:
         predicted = self._predictions(features, policy.routes)
         views = []
@@ -115,6 +118,13 @@ class Router:
             if unfit is not None and (why := unfit(self.config.route(name))) is not None:
                 view = replace(view, kept=False, why=f"cannot serve this request ({why})")
             views.append(view)
+        if policy.gain is not None:
+            name, why, gain, start = apply_gain(policy.gain, self.config, views, question)
+            esc = ladder_label(self.config.route(name).escalate_to)
+            return Decision(
+                request_class, name, "policy", why, class_why, tuple(views), esc,
+                gain=gain, start_rung=start,
+            )  # fmt: skip
         servable = [v for v in views if not v.why.startswith("cannot serve")] or views
         kept = [v for v in views if v.kept]
         good = [v for v in kept if v.quality is not None and v.quality >= policy.min_quality]
@@ -180,3 +190,11 @@ class Router:
             return CandidateView(route.name, quality, source, latency, tokens, cost, False, why)
         why = "within the SLO" if slo is not None else "no SLO"
         return CandidateView(route.name, quality, source, latency, tokens, cost, True, why)
+
+
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The last user message's text (what a verifier judges answers against)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return message_text(m.get("content"))
+    return ""

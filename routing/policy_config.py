@@ -72,6 +72,35 @@ class CostWeights(_Strict):
     latency_s: float = Field(0.0, ge=0)
 
 
+class GainRule(_Strict):
+    """The reference article's rule for one class: reason (escalate) only when the task is
+    verifiable and the predicted gain of the ladder over its cheap rung reaches ``min_gain``.
+
+    P(cheap right) and P(ladder right) are the predicted qualities of ``cheap`` and ``ladder``
+    (measured tables blended with the learned predictor); gain = their difference.
+    """
+
+    cheap: Name = Field(description="The cheap route (e.g. greedy single-pass): never escalates.")
+    ladder: Name = Field(description="A route with an escalation ladder whose first rung is cheap.")
+    min_gain: float = Field(
+        0.05, ge=0, le=1, description="Escalate only when the predicted gain reaches this."
+    )
+    never_escalate_above: float = Field(
+        0.9, ge=0, le=1, description="Predicted P(cheap right) at or above this: the cheap route."
+    )
+    start_high_below: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Predicted P(cheap right) below this: skip the cheap rung, start at rung 1.",
+    )
+    verifiable: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="auto: the ladder's first check must be able to judge this request "
+        "(arithmetic: the question is plain arithmetic; confidence: always).",
+    )
+
+
 class ClassPolicy(_Strict):
     """How requests of one class are routed."""
 
@@ -83,6 +112,9 @@ class ClassPolicy(_Strict):
         None, gt=0, description="Drop routes whose predicted p95 latency is above this."
     )
     cost_weights: CostWeights = CostWeights()
+    gain: GainRule | None = Field(
+        None, description="Choose between a cheap route and a ladder by predicted gain."
+    )
 
 
 class PredictorRef(_Strict):

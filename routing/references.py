@@ -154,6 +154,16 @@ def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str
             problems.append((f"policy.classes.{name}", f"unknown class {name!r}; classes: {known}"))
         for j, route in enumerate(cp.routes):
             need_route(f"policy.classes.{name}.routes[{j}]", route)
+        if cp.gain is not None:
+            for key in ("cheap", "ladder"):
+                target = getattr(cp.gain, key)
+                path = f"policy.classes.{name}.gain.{key}"
+                if target not in cp.routes:
+                    problems.append((path, f"{target!r} is not one of the class's routes"))
+            ladder = next((r for r in cfg.routes if r.name == cp.gain.ladder), None)
+            if ladder is not None and not ladder.escalate_to:
+                path = f"policy.classes.{name}.gain.ladder"
+                problems.append((path, f"route {ladder.name!r} has no escalate_to ladder"))
     for effort, route in p.effort_routes.items():
         need_route(f"policy.effort_routes.{effort}", route)
     return problems

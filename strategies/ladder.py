@@ -70,6 +70,9 @@ class Ladder:
     rungs: tuple[RungPlan, ...]
     params: SamplingParams = SamplingParams(temperature=0.0)
     first: Strategy | None = None
+    start: int = 0
+    """0: start with the route's own answer; k ≥ 1: skip it and start with rung k (a request
+    predicted too hard for the cheap rung), then climb from there."""
 
     @property
     def wants_logprobs(self) -> bool:
@@ -82,12 +85,22 @@ class Ladder:
         inner = request
         if logprobs and not request.logprobs:
             inner = replace(request, logprobs=True, top_logprobs=CONFIDENCE_TOP_LOGPROBS)
-        await self._first(inner, ctx, pool)  # no answer at all yet: errors propagate
-        path: list[dict[str, Any]] = [{"rung": 0, "label": "first", "candidates": len(pool)}]
+        start = min(max(0, self.start), len(self.rungs))
+        if start == 0:
+            await self._first(inner, ctx, pool)  # no answer at all yet: errors propagate
+            label = "first"
+        else:
+            label = self.rungs[start - 1].label
+            try:
+                await self._climb(self.rungs[start - 1], start, inner, ctx, pool, logprobs)
+            except BudgetExhausted:
+                if not len(pool):
+                    raise
+        path: list[dict[str, Any]] = [{"rung": start, "label": label, "candidates": len(pool)}]
         reason: StopReason = "completed"
         sel: Selection | None = None
-        gate = self.rungs[0]
-        for k, rung in enumerate(self.rungs, start=1):
+        gate = self.rungs[max(0, start - 1)]
+        for k, rung in enumerate(self.rungs[start:], start=start + 1):
             gate = rung
             try:
                 async with asyncio.timeout(ctx.deadline.remaining_s):
@@ -200,6 +213,7 @@ class Ladder:
         info: dict[str, Any] = {
             "ladder": {
                 "rungs": [r.label for r in self.rungs],
+                "start_rung": min(max(0, self.start), len(self.rungs)),
                 "path": path,
                 "stopped_at": path[-1]["rung"],
                 "verified": sel.passed,

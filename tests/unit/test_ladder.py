@@ -226,3 +226,12 @@ async def test_confidence_ladder_escalates_an_unsure_first_answer() -> None:
     assert res.choices[0].text == RIGHT and res.stop_reason == "verified"
     path = res.info["ladder"]["path"]
     assert path[0]["passed"] is False and path[0]["best_score"] == pytest.approx(0.2)
+
+
+async def test_a_request_predicted_hard_starts_at_rung_one() -> None:
+    ladder = Ladder(LADDER.rungs, LADDER.params, start=1)
+    gen = ScriptedGenerator([RIGHT])
+    res = await ladder.run(Q, ctx_for(gen))
+    assert [(r.n, r.temperature) for r in gen.requests] == [(4, 0.8)]  # no greedy first
+    assert res.info["ladder"]["start_rung"] == 1 and res.info["ladder"]["stopped_at"] == 1
+    assert res.stop_reason == "verified" and res.choices[0].text == RIGHT

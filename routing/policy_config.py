@@ -195,6 +195,11 @@ class Rung(_Strict):
             raise ValueError(
                 "`sampling` belongs to `samples` rungs; a route rung uses the route's own sampling"
             )
+        if (self.samples or 0) > 1 and self.sampling.temperature == 0:
+            raise ValueError(
+                "a rung of several samples cannot be greedy (temperature 0): they would all be "
+                "the same, and vLLM refuses n > 1 without sampling"
+            )
         return self
 
     @property

@@ -58,8 +58,16 @@ def plan_sampling(
         rule, why = "client-wins", "an explicit route: the client's sampling wins"
     patch: dict[str, Any] = {}
     sources: dict[str, Source] = {}
+    n = payload.get("n")
+    several = isinstance(n, int) and not isinstance(n, bool) and n > 1
     for key in SAMPLING_FIELDS:
         client_set = payload.get(key) is not None
+        if key == "temperature" and several and route_fields.get(key) == 0:
+            # n > 1 choices need sampling (vLLM refuses greedy with n > 1): not applied
+            why += "; its greedy temperature is not applied to a request for n > 1 choices"
+            if client_set:
+                sources[key] = "client"
+            continue
         if key in route_fields and (rule == "route-wins" or not client_set):
             patch[key] = route_fields[key]
             sources[key] = "route"

@@ -7,6 +7,7 @@ calls. Which side wins when the client sets the same field is decided by
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,6 +56,11 @@ class SamplingOverrides(BaseModel):
             raise ValueError("stop sequences must not be empty strings")
         return value
 
-    def fields(self) -> dict[str, Any]:
-        """The fields that are set, as OpenAI/vLLM request fields."""
+    @cached_property
+    def _set_fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set, as OpenAI/vLLM request fields (computed once per model:
+        it is on every request's path; callers get their own copy)."""
+        return dict(self._set_fields)

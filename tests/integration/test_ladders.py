@@ -99,7 +99,7 @@ def test_seven_times_eight_escalates(client: openai.OpenAI) -> None:
 def test_deadline_returns_the_best_answer_so_far(client: openai.OpenAI, backend_url: str) -> None:
     msgs = ask("Explain step by step, in detail, what 7 * 8 is.")
     start = time.monotonic()
-    body = create(client, model="ladder-deadline", messages=msgs, max_tokens=200)
+    body = create(client, model="ladder-deadline", messages=msgs, max_tokens=120)
     elapsed = time.monotonic() - start
     ext = body["deliberate"]
     assert ext["stop_reason"] == "deadline"

@@ -162,3 +162,20 @@ def test_unknown_rung_key_lists_the_allowed_ones() -> None:
         line.startswith("r.yaml:routes[0].escalate_to[0].sample: unknown key; allowed: route,")
         for line in lines
     ), lines
+
+
+def test_greedy_route_sampling_is_not_applied_to_n_choices() -> None:
+    plan = plan_sampling(ROUTE, {"n": 3}, auto=True, honour_client=False, locked=False)
+    assert plan.patch == {"top_k": 20} and "n > 1" in plan.why
+    plan = plan_sampling(ROUTE, {"n": 1}, auto=True, honour_client=False, locked=False)
+    assert plan.patch == {"temperature": 0.0, "top_k": 20}
+
+
+def test_a_greedy_rung_of_several_samples_is_an_error() -> None:
+    lines = errors_of(BASE.replace("sampling: {temperature: 0.8}}", "sampling: {temperature: 0}}"))
+    assert any(
+        line.startswith(
+            "r.yaml:routes[0].escalate_to[0]: a rung of several samples cannot be greedy"
+        )
+        for line in lines
+    ), lines

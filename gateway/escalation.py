@@ -8,6 +8,9 @@ route's own, by the same precedence as a request naming it.
 
 Every generated token that is not returned (other candidates, the first answer when a later
 one wins) is hidden, and so is what a verifier spends.
+
+Each finished ladder request is counted once by outcome (``ladder_outcome``): whether climbing
+paid — a different answer passed — is the online, verified win rate of its rungs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from gateway.backends.pool import Pool
 from gateway.compute import build_strategy, run_route
 from gateway.context import RequestContext
 from gateway.decide import sampling_plan
-from metrics.registry import Metrics
+from metrics.registry import LadderOutcome, Metrics
 from routing.config import DeliberateConfig, Route
 from strategies.answers import ExtractSpec
 from strategies.base import StrategyResult
@@ -134,6 +137,8 @@ async def run_ladder(
         metrics.escalations.labels(
             klass, route.name, route.escalate_to[stopped].label, "kept"
         ).inc()
+    outcome, won_by = ladder_outcome(result.info)
+    metrics.record_ladder(klass, route.name, outcome, result.usage.hidden, won_by)
     escalated = stopped > 0
     source = "escalation" if escalated else "judge"
     ctx.hidden_sources = {source: result.usage.hidden}
@@ -143,3 +148,30 @@ async def run_ladder(
         served = config.route(rung_route)
         ctx.route, ctx.strategy, ctx.backend = served.name, served.strategy, served.backend
     return served, result
+
+
+def ladder_outcome(info: Mapping[str, Any]) -> tuple[LadderOutcome, str | None]:
+    """How a ladder result ended, from its ``deliberate`` info, and for a win the label of
+    the rung whose candidate was chosen (``first``: another of the first answer's candidates).
+
+    The first answer is the one the ladder had before it climbed (``ladder.first_index``;
+    index 0 of ``answers`` when absent). ``first_passed``: it passed and no rung ran. Otherwise
+    the ladder escalated (or meant to, and a cap or the deadline stopped it): ``unverified``
+    when nothing passed; else ``first_kept`` when the answer is the first answer's (same
+    normalised answer, or the same candidate when there is none), ``won`` when it differs.
+    """
+    ladder = info["ladder"]
+    path = ladder["path"]
+    if len(path) == 1 and path[0].get("passed"):
+        return "first_passed", None
+    if not ladder.get("verified"):
+        return "unverified", None
+    answers = info.get("answers") or ()
+    chosen, first = info.get("chosen_index", 0), ladder.get("first_index", 0)
+    answer = answers[chosen] if chosen < len(answers) else None
+    first_answer = answers[first] if first < len(answers) else None
+    if chosen == first or (answer is not None and answer == first_answer):
+        return "first_kept", None
+    labels = ["first", *ladder["rungs"]]
+    wave = info.get("chosen_wave", 0)
+    return "won", labels[wave] if 0 <= wave < len(labels) else None

@@ -27,6 +27,10 @@ Outcome = Literal[
     "internal_error",
 ]
 RejectReason = Literal["unauthorized", "rate_limited", "overloaded", "budget_store"]
+LadderOutcome = Literal["first_passed", "won", "first_kept", "unverified"]
+"""How a ladder request ended: its first answer passed (nothing escalated); escalated and a
+different answer passed (a win); escalated and the first answer's answer passed; escalated (or
+tried to) and nothing passed."""
 
 # Seconds. TTFT of a reasoning route can be tens of seconds; single-pass is milliseconds.
 _LATENCY_BUCKETS = (
@@ -143,6 +147,26 @@ class Metrics:
             ["class", "from_route", "to_route", "outcome"],
             registry=registry,
         )
+        self.ladder_outcomes = Counter(
+            "deliberate_ladder_outcomes",
+            "Escalation-ladder requests by class, ladder route and outcome: first_passed, won "
+            "(escalated to a different verified answer), first_kept, unverified.",
+            ["class", "route", "outcome"],
+            registry=registry,
+        )
+        self.escalation_wins = Counter(
+            "deliberate_escalation_wins",
+            "Escalation wins (ladder outcome won) by class, ladder route and the rung whose "
+            "candidate was chosen.",
+            ["class", "route", "rung"],
+            registry=registry,
+        )
+        self.ladder_hidden_tokens = Counter(
+            "deliberate_ladder_hidden_tokens",
+            "Hidden tokens of escalation-ladder requests by class, ladder route and outcome.",
+            ["class", "route", "outcome"],
+            registry=registry,
+        )
         self.tenant_remaining = Gauge(
             "deliberate_tenant_budget_remaining_tokens",
             "Tokens left in a tenant's window (only with DELIBERATE_METRICS_TENANT_LABELS=true).",
@@ -165,8 +189,9 @@ class Metrics:
         cascades: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Create every route's series at zero ((name, strategy) pairs), and those of its
-        rare events (outcomes, rejections, each ``downgrade_to`` step, each cascade), so that
-        ``rate()`` sees the first one and dashboards and alerts have series before traffic."""
+        rare events (outcomes, rejections, each ``downgrade_to`` step, each escalation rung:
+        (route, rung label) pairs, with the ladder outcomes of the route), so that ``rate()``
+        sees the first one and dashboards and alerts have series before traffic."""
         for name, strategy in routes:
             for outcome in get_args(Outcome):
                 self.requests.labels(name, strategy, outcome)
@@ -183,6 +208,27 @@ class Metrics:
         for cheap, strong in cascades:
             for outcome in ("kept", "escalated"):
                 self.escalations.labels("explicit", cheap, strong, outcome)
+            self.escalation_wins.labels("explicit", cheap, strong)
+        for route in dict.fromkeys(cheap for cheap, _ in cascades):
+            for end in get_args(LadderOutcome):
+                self.ladder_outcomes.labels("explicit", route, end)
+                self.ladder_hidden_tokens.labels("explicit", route, end)
+
+    def record_ladder(
+        self,
+        klass: str,
+        route: str,
+        outcome: LadderOutcome,
+        hidden_tokens: int,
+        won_by: str | None = None,
+    ) -> None:
+        """Record one finished ladder request: its outcome, its hidden tokens under that
+        outcome, and for a win (``outcome == "won"``) the label of the rung ``won_by`` whose
+        candidate was chosen (``first`` for another candidate of the route's own strategy)."""
+        self.ladder_outcomes.labels(klass, route, outcome).inc()
+        self.ladder_hidden_tokens.labels(klass, route, outcome).inc(max(hidden_tokens, 0))
+        if outcome == "won" and won_by is not None:
+            self.escalation_wins.labels(klass, route, won_by).inc()
 
     def reject(self, route: str, reason: RejectReason) -> None:
         self.rejections.labels(route, reason).inc()

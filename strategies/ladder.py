@@ -11,6 +11,10 @@ over and the first answer can still win.
 One budget and one deadline hold across the whole ladder (the caller sizes them to the route's
 caps). When either runs out — or a rung fails — the ladder returns the best verified answer so
 far, else the best scored one, with the reason.
+
+The result's ``info["ladder"]`` records the climb: the ``path`` of rungs run, ``stopped_at``,
+``verified``, and ``first_index``, the pool index of the answer the ladder had before it climbed
+(the first check's pick: the first answer, or the best of the start rung's candidates).
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class Ladder:
         path: list[dict[str, Any]] = [{"rung": start, "label": label, "candidates": len(pool)}]
         reason: StopReason = "completed"
         sel: Selection | None = None
+        first: int | None = None  # the pick of the first check: the answer before any climb
         gate = self.rungs[max(0, start - 1)]
         for k, rung in enumerate(self.rungs[start:], start=start + 1):
             gate = rung
@@ -112,6 +117,7 @@ class Ladder:
                 reason = "budget"
                 break
             sel = select(pool.answers, [s.value for s in scores], rung.threshold)
+            first = sel.index if first is None else first
             path[-1].update(verifier=rung.verifier.name, best_score=round(sel.score, 4))
             path[-1]["passed"] = sel.passed
             if sel.passed:
@@ -142,7 +148,8 @@ class Ladder:
             path[-1]["passed"] = sel.passed
             if sel.passed and reason == "completed":
                 reason = "verified"
-        return self._result(request, pool, sel, gate, reason, path, ctx)
+        first = sel.index if first is None else first  # no check before: nothing climbed
+        return self._result(request, pool, sel, gate, reason, path, ctx, first)
 
     async def _first(
         self, request: StrategyRequest, ctx: StrategyContext, pool: CandidatePool
@@ -208,6 +215,7 @@ class Ladder:
         reason: StopReason,
         path: list[dict[str, Any]],
         ctx: StrategyContext,
+        first: int,
     ) -> StrategyResult:
         pick = pool.choices[sel.index]
         info: dict[str, Any] = {
@@ -217,6 +225,7 @@ class Ladder:
                 "path": path,
                 "stopped_at": path[-1]["rung"],
                 "verified": sel.passed,
+                "first_index": first,
             },
             "selector": "ladder",
             "verifier": gate.verifier.name,

@@ -25,6 +25,9 @@ class FakeReplica:
     max_model_len: int = 2048
     tokens_per_prompt: int | None = None  # what /tokenize answers (None: bytes // 4)
     words: tuple[str, ...] = ("Hello", " there", "!")
+    word_scripts: list[tuple[str, ...]] = field(default_factory=list)
+    """Per-call words: each completion call takes the next script in order (every choice of
+    that call answers it); once they are used up, calls answer ``words``."""
     reasoning_tokens: int = 0
     break_stream_after: int | None = None  # raise mid-stream after this many content chunks
     chunk_delay_s: float = 0.0  # pause before each streamed content chunk
@@ -32,6 +35,10 @@ class FakeReplica:
     waiting: int = 0
     running: int = 0
     kv_capacity_tokens: int = 10_000
+
+    def next_words(self) -> tuple[str, ...]:
+        """The words of the next completion call (see ``word_scripts``)."""
+        return self.word_scripts.pop(0) if self.word_scripts else self.words
 
 
 @dataclass
@@ -94,13 +101,14 @@ class FakeVLLM:
             )
         if path in ("/v1/chat/completions", "/v1/completions"):
             chat = path.endswith("chat/completions")
+            words = rep.next_words()
             if body.get("stream"):
                 return httpx.Response(
                     200,
                     headers={"content-type": "text/event-stream"},
-                    content=self._stream(rep, body, chat),
+                    content=self._stream(rep, body, chat, words),
                 )
-            return httpx.Response(200, json=self._completion(rep, body, chat))
+            return httpx.Response(200, json=self._completion(rep, body, chat, words))
         return httpx.Response(404, json={"error": {"message": f"no route {path}"}})
 
     def _metrics(self, rep: FakeReplica) -> str:
@@ -112,19 +120,29 @@ class FakeVLLM:
             f'vllm:cache_config_info{{block_size="16",num_gpu_blocks="{rep.kv_capacity_tokens // 16}"}} 1.0\n'
         )
 
-    def _usage(self, rep: FakeReplica, body: dict[str, Any]) -> dict[str, Any]:
+    def _usage(
+        self, rep: FakeReplica, body: dict[str, Any], words: tuple[str, ...] | None = None
+    ) -> dict[str, Any]:
         n = int(body.get("n") or 1)
+        generated = n * len(rep.words if words is None else words)
         usage: dict[str, Any] = {
             "prompt_tokens": 7,
-            "completion_tokens": n * len(rep.words) + rep.reasoning_tokens,
-            "total_tokens": 7 + n * len(rep.words) + rep.reasoning_tokens,
+            "completion_tokens": generated + rep.reasoning_tokens,
+            "total_tokens": 7 + generated + rep.reasoning_tokens,
         }
         if rep.reasoning_tokens:
             usage["completion_tokens_details"] = {"reasoning_tokens": rep.reasoning_tokens}
         return usage
 
-    def _completion(self, rep: FakeReplica, body: dict[str, Any], chat: bool) -> dict[str, Any]:
-        text = "".join(rep.words)
+    def _completion(
+        self,
+        rep: FakeReplica,
+        body: dict[str, Any],
+        chat: bool,
+        words: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        words = rep.words if words is None else words
+        text = "".join(words)
         n = int(body.get("n") or 1)
         if chat:
             choices = [
@@ -143,12 +161,18 @@ class FakeVLLM:
             "created": 1,
             "model": body.get("model"),
             "choices": choices,
-            "usage": self._usage(rep, body),
+            "usage": self._usage(rep, body, words),
         }
 
     async def _stream(
-        self, rep: FakeReplica, body: dict[str, Any], chat: bool
+        self,
+        rep: FakeReplica,
+        body: dict[str, Any],
+        chat: bool,
+        words: tuple[str, ...] | None = None,
     ) -> AsyncIterator[bytes]:
+        words = rep.words if words is None else words
+
         def event(obj: dict[str, Any]) -> bytes:
             return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
@@ -162,7 +186,7 @@ class FakeVLLM:
             yield event(
                 {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
             )
-        for i, word in enumerate(rep.words):
+        for i, word in enumerate(words):
             if rep.chunk_delay_s:
                 await asyncio.sleep(rep.chunk_delay_s)
             if rep.break_stream_after is not None and i >= rep.break_stream_after:
@@ -176,7 +200,7 @@ class FakeVLLM:
             yield ev[10:]
         yield event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            yield event({**base, "choices": [], "usage": self._usage(rep, body)})
+            yield event({**base, "choices": [], "usage": self._usage(rep, body, words)})
         yield b"data: [DONE]\n\n"
 
 

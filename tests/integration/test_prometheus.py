@@ -173,8 +173,9 @@ def _chat(
 
 def _drive_traffic(gateway: str, events: str) -> None:
     """A few small requests that touch every panel: single pass (streamed and not), auto
-    routing, best-of-n, thinking, a 404, a 400, a dead pool; on the second gateway a
-    downgrade, an overload, a cascade, a verified refine round, a 401 and a 429."""
+    routing, best-of-n, the shipped escalation ladder, thinking, a 404, a 400, a dead pool; on
+    the second gateway a downgrade, an overload, a cascade, a verified refine round, a 401 and
+    a 429."""
     with httpx.Client(timeout=300) as c:
         _chat(c, gateway, "single-pass", 200)
         with c.stream(
@@ -193,6 +194,7 @@ def _drive_traffic(gateway: str, events: str) -> None:
         _chat(c, gateway, "auto", 200, messages=ARITHMETIC)
         _chat(c, gateway, MODEL, 200)
         _chat(c, gateway, "best-of-n", 200, messages=ARITHMETIC)
+        _chat(c, gateway, "greedy-ladder", 200, messages=ARITHMETIC)  # the shipped ladder
         _chat(c, gateway, "bounded-reasoning", 200, reasoning_effort="minimal")
         _chat(c, gateway, "no-such-model", 404)
         _chat(c, gateway, "single-pass", 400, messages=[{"role": "nobody", "content": "x"}])

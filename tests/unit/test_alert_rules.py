@@ -70,6 +70,7 @@ EXPECTED_ALERTS = {
     "DeliberateKVCachePressure": "deliberate_backend_kv_usage_ratio",
     "DeliberateBudgetStoreErrors": "deliberate_budget_store_errors_total",
     "DeliberateConfigReloadFailed": "deliberate_config_reloads_total",
+    "DeliberateEscalationsNotPaying": "deliberate_ladder_outcomes_total",
 }
 
 _DURATION = re.compile(r"^(?:\d+[smhdwy])+$")
@@ -94,6 +95,10 @@ def test_observability_alerts_are_defined() -> None:
         assert all(w in expr for w in windows) and " and " in expr, (
             f"{name} should require both {windows} windows: {expr}"
         )
+    # Escalations not paying: a win share below 5 % AND enough escalations to judge, over 1h.
+    expr = " ".join(str(alerts["DeliberateEscalationsNotPaying"]["expr"]).split())
+    assert "[1h]" in expr and "< 0.05" in expr and " and " in expr and "> 0.01" in expr, expr
+    assert alerts["DeliberateEscalationsNotPaying"]["for"] == "30m"
 
 
 def test_every_rule_has_for_severity_and_annotations() -> None:

@@ -13,6 +13,12 @@ Scenarios (every request: ``max_tokens=1``, ``temperature=0``, one short fixed u
 - ``c1`` / ``cN``: non-streaming at concurrency 1 / N. Latency = from sending the request to
   having read the whole response body. ``req/s`` = completed requests / wall time of the
   measured phases (at concurrency 1 that is just 1 / mean latency).
+- ``c1-sampled`` (mock only): ``c1`` through route ``single-pass-sampled``, which owns its
+  sampling (``temperature: 0.0, top_k: 1, seed: 1``). The gateway side leaves those fields
+  unset, so the route's values fill them (``gateway.pipeline.apply_sampling`` patches the
+  body once); the direct side sends them set, so the mock gets the same bytes from both.
+  It runs right after ``c1``. On vLLM the sampler's own work would change with ``top_k``, so
+  the scenario is not run there.
 - ``ttfc``: streaming at concurrency 1. Time to first chunk = from sending the request to
   receiving the first SSE ``data:`` line whose ``choices[0].delta.content`` is non-empty (the
   moment a user sees the first token). The stream is then read to its end.
@@ -21,6 +27,12 @@ Derived per scenario: added latency = gateway p50 − direct p50 (and the same f
 ratio = gateway p50 / direct p50. The target is < 1 ms added p50 at concurrency 1 on the mock.
 Also recorded: the gateway process's CPU time per request (from /proc), which, unlike the
 latencies, does not depend on how the processes share the cores.
+
+Sampling patch cost: ``c1-sampled``'s added p50 − ``c1``'s added p50 (the difference of two
+noisy medians, so only a coarse bound), and an in-process micro-benchmark of
+``apply_sampling`` alone (``--micro-calls`` × ``--micro-rounds``, ``time.perf_counter_ns``)
+on the same config and payloads, with the patch and on the no-op path (a route without
+sampling). It runs after every process started here is stopped.
 
 Noise control: every (target, scenario) is measured in ``--blocks`` blocks, alternating
 direct/gateway in ABBA order (A B, B A, A B, ...) so drift and other load on the machine hit
@@ -78,6 +90,12 @@ MOCK_ROUTE = "mock"
 """The gateway route (and pool) for the mock; clients send ``"model": "mock"``."""
 VLLM_ROUTE = "single-pass"
 """The gateway route for the real vLLM; clients send ``"model": "single-pass"``."""
+SAMPLED_ROUTE = "single-pass-sampled"
+"""A single-pass route to the mock that owns its sampling (``ROUTE_SAMPLING``)."""
+ROUTE_SAMPLING: dict[str, Any] = {"temperature": 0.0, "top_k": 1, "seed": 1}
+"""``SAMPLED_ROUTE``'s ``sampling:`` section, in ``SAMPLING_FIELDS`` order (the order in which
+the gateway's patch appends the fields) and with the route model's types (``temperature`` is
+a float), so both sides send the mock the same bytes."""
 PROMPT = "Reply with one word: hello."
 BACKEND_URL_ENV = "DELIBERATE_BENCH_BACKEND_URL"
 
@@ -96,11 +114,16 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Scenario:
-    """One way of sending requests. ``stream`` scenarios measure time to first chunk."""
+    """One way of sending requests. ``stream`` scenarios measure time to first chunk.
+
+    ``sampled``: the gateway side names ``SAMPLED_ROUTE`` and leaves ``ROUTE_SAMPLING``'s
+    fields unset, so the route's sampling patch applies; the direct side sends them set.
+    """
 
     name: str
     concurrency: int
     stream: bool
+    sampled: bool = False
 
     @property
     def metric(self) -> str:
@@ -108,9 +131,12 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        if self.stream:
-            return f"stream TTFC c={self.concurrency}"
-        return f"non-stream c={self.concurrency}"
+        mode = (
+            f"stream TTFC c={self.concurrency}"
+            if self.stream
+            else f"non-stream c={self.concurrency}"
+        )
+        return f"{mode} sampled" if self.sampled else mode
 
 
 @dataclass(frozen=True)
@@ -118,6 +144,8 @@ class Target:
     """A backend reached directly (``direct_url``) and through the gateway (``gateway_url``).
 
     ``requests`` is the number of measured requests per side and scenario (split over blocks).
+    ``sampled_model``: the gateway route with a sampling override the ``sampled`` scenarios
+    name (None: the target runs none).
     """
 
     name: str
@@ -127,22 +155,44 @@ class Target:
     gateway_model: str
     requests: int
     gateway_pid: int
+    sampled_model: str | None = None
 
     def url(self, side: Side) -> str:
         base = self.direct_url if side == "direct" else self.gateway_url
         return base + "/v1/chat/completions"
 
-    def body(self, side: Side, stream: bool) -> bytes:
-        """The request body: identical on both sides except for ``model`` (route vs served name)."""
-        payload: dict[str, Any] = {
-            "model": self.direct_model if side == "direct" else self.gateway_model,
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 1,
-            "temperature": 0,
-        }
-        if stream:
-            payload["stream"] = True
-        return orjson.dumps(payload)
+    def body(self, side: Side, stream: bool, sampled: bool = False) -> bytes:
+        """The request body: what reaches the backend is the same on both sides."""
+        if side == "direct":
+            model = self.direct_model
+        elif sampled:
+            if self.sampled_model is None:
+                raise BenchError(f"target {self.name!r} has no route with a sampling override")
+            model = self.sampled_model
+        else:
+            model = self.gateway_model
+        return orjson.dumps(request_payload(model, side, stream, sampled))
+
+
+def request_payload(model: str, side: Side, stream: bool, sampled: bool) -> dict[str, Any]:
+    """One benchmark request: ``max_tokens=1``, ``temperature=0``, the fixed prompt.
+
+    ``sampled``: the direct side sets every ``ROUTE_SAMPLING`` field; the gateway side sets
+    none of them, so the route's values fill them (an explicit route: fields the client leaves
+    unset come from the route) and the gateway forwards the same body the direct side sends.
+    """
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 1,
+    }
+    if not sampled:
+        payload["temperature"] = 0
+    elif side == "direct":
+        payload.update(ROUTE_SAMPLING)
+    if stream:
+        payload["stream"] = True
+    return payload
 
 
 @dataclass
@@ -396,7 +446,7 @@ async def measure(
     n_warm = max(warmup, 2 * scenario.concurrency)
     for block, n in enumerate(block_sizes(target.requests, blocks)):
         for side in side_order(block):
-            url, body = target.url(side), target.body(side, scenario.stream)
+            url, body = target.url(side), target.body(side, scenario.stream, scenario.sampled)
 
             def request(
                 client: httpx.AsyncClient, url: str = url, body: bytes = body
@@ -421,10 +471,26 @@ async def measure(
 
 
 async def preflight(client: httpx.AsyncClient, target: Target) -> None:
-    """One request per side and mode, so a misconfiguration fails loudly before measuring."""
+    """One request per side and mode, so a misconfiguration fails loudly before measuring.
+
+    With a sampled route, the gateway's ``/v1/route/explain`` must also show that the
+    route's sampling fills the fields the sampled body leaves unset (else the scenario would
+    measure the no-op path)."""
     for side in ("direct", "gateway"):
         await timed_request(client, target.url(side), target.body(side, stream=False))
         await timed_first_chunk(client, target.url(side), target.body(side, stream=True))
+        if target.sampled_model is not None:
+            await timed_request(client, target.url(side), target.body(side, False, sampled=True))
+    if target.sampled_model is not None:
+        body = target.body("gateway", stream=False, sampled=True)
+        r = await client.post(target.gateway_url + "/v1/route/explain", content=body)
+        applied = r.json().get("sampling", {}).get("applied") if r.status_code == 200 else None
+        # bytes, not ==: 0 == 0.0, but the mock must get the direct side's exact body
+        if orjson.dumps(applied) != orjson.dumps(ROUTE_SAMPLING):
+            raise BenchError(
+                f"route {target.sampled_model!r} does not patch {ROUTE_SAMPLING} in: "
+                f"/v1/route/explain answered HTTP {r.status_code}: {r.text[:300]}"
+            )
 
 
 async def run_all(
@@ -452,8 +518,121 @@ async def run_all(
         for target in targets:
             await preflight(clients[0], target)
             for scenario in scenarios:
+                if scenario.sampled and target.sampled_model is None:
+                    continue
                 results.append(await measure(clients, target, scenario, blocks, warmup))
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# The cost of a route's sampling override
+
+
+def sampling_patch_cost(results: Sequence[Comparison]) -> dict[str, Any] | None:
+    """End to end: ``c1-sampled``'s added p50 − ``c1``'s added p50 on the mock (None without
+    both). The difference of two noisy medians measured at different times: a few µs of
+    patching drown in its spread (``per_block_ms`` pairs block i of both scenarios).
+    ``gateway_cpu_ms_per_request`` is the same difference of the gateway's CPU per request
+    (/proc, 10 ms ticks over the whole scenario)."""
+    by_name = {c.scenario.name: c for c in results if c.target == "mock"}
+    plain, sampled = by_name.get("c1"), by_name.get("c1-sampled")
+    if plain is None or sampled is None:
+        return None
+    pairs = zip(
+        sampled.to_json()["added_p50_ms_per_block"],
+        plain.to_json()["added_p50_ms_per_block"],
+        strict=False,
+    )
+    cpu_plain = plain.gateway.gateway_cpu_ms_per_request
+    cpu_sampled = sampled.gateway.gateway_cpu_ms_per_request
+    return {
+        "definition": "added p50 (gateway - direct) of c1-sampled minus that of c1, mock target",
+        "added_p50_ms": sampled.added_p50_ms - plain.added_p50_ms,
+        "per_block_ms": [round(s - p, 4) for s, p in pairs],
+        "gateway_cpu_ms_per_request": (
+            cpu_sampled - cpu_plain if cpu_plain is not None and cpu_sampled is not None else None
+        ),
+        "caveat": "difference of two noisy medians taken at different times; see micro",
+    }
+
+
+def time_apply_sampling(calls: int, rounds: int) -> dict[str, Any]:
+    """In process: ``gateway.pipeline.apply_sampling`` on the bench's own gateway config, with
+    the gateway-side payloads of ``c1-sampled`` (route ``SAMPLED_ROUTE``: the patch applies)
+    and ``c1`` (route ``mock``, no sampling: the no-op path), and an explicit decision.
+
+    ``apply_sampling`` fills the payload, so every call gets a fresh shallow copy of it (what
+    the pipeline mutates is top-level keys); the same loop with the copy alone is timed right
+    after and subtracted, so ``us_per_call`` is the call itself. ``rounds`` rounds of ``calls``
+    calls per case, in ABBA order, GC paused; ``us_per_call`` is the median round.
+    """
+    from gateway.context import RequestContext
+    from gateway.pipeline import apply_sampling
+    from routing.decision import Decision
+    from routing.loader import parse_config
+
+    config = parse_config(json.dumps(gateway_config("http://127.0.0.1:9", None)), "bench")
+    cases = {
+        "sampled": (SAMPLED_ROUTE, request_payload(SAMPLED_ROUTE, "gateway", False, True)),
+        "no-op": (MOCK_ROUTE, request_payload(MOCK_ROUTE, "gateway", False, False)),
+    }
+    expected = {"sampled": ROUTE_SAMPLING, "no-op": {}}
+    setups = {}
+    for case, (name, template) in cases.items():
+        route = config.route(name)
+        ctx = RequestContext(f"bench-{case}")
+        ctx.decision = Decision("explicit", name, "explicit", "named in model")
+        check = template.copy()
+        apply_sampling(route, config, check, ctx)
+        if ctx.sampling is None or ctx.sampling.patch != expected[case]:
+            patch = ctx.sampling.patch if ctx.sampling else None
+            raise BenchError(f"apply_sampling on {name!r} patched {patch}, not {expected[case]}")
+        setups[case] = (route, ctx, template)
+
+    def one_round(case: str, n: int) -> tuple[int, int]:
+        route, ctx, template = setups[case]
+        copy = template.copy
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            apply_sampling(route, config, copy(), ctx)
+        t1 = time.perf_counter_ns()
+        for _ in range(n):
+            copy()
+        return t1 - t0, time.perf_counter_ns() - t1
+
+    net_us: dict[str, list[float]] = {case: [] for case in cases}
+    copy_us: dict[str, list[float]] = {case: [] for case in cases}
+    gc.collect()
+    gc.disable()
+    try:
+        for case in cases:  # warm-up
+            one_round(case, min(calls, 5000))
+        for r in range(rounds):
+            order = list(cases) if r % 2 == 0 else list(reversed(cases))
+            for case in order:
+                call_ns, copy_ns = one_round(case, calls)
+                net_us[case].append((call_ns - copy_ns) / calls / 1000)
+                copy_us[case].append(copy_ns / calls / 1000)
+    finally:
+        gc.enable()
+    out: dict[str, Any] = {
+        "function": "gateway.pipeline.apply_sampling",
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "timer": "time.perf_counter_ns, copy-only loop subtracted, GC paused",
+    }
+    for case, (name, template) in cases.items():
+        out[case] = {
+            "route": name,
+            "payload": template,
+            "patch": expected[case],
+            "us_per_call": percentile(sorted(net_us[case]), 50),
+            "us_per_call_min": min(net_us[case]),
+            "us_per_call_rounds": [round(x, 4) for x in net_us[case]],
+            "copy_us_per_call": percentile(sorted(copy_us[case]), 50),
+        }
+    out["patch_minus_noop_us"] = out["sampled"]["us_per_call"] - out["no-op"]["us_per_call"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,9 +723,18 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None
 
 
 def gateway_config(mock_url: str, vllm: tuple[str, str] | None) -> dict[str, Any]:
-    """The gateway's policy: route ``mock`` → the mock; ``single-pass`` → vLLM (url, model)."""
+    """The gateway's policy: routes ``mock`` and ``single-pass-sampled`` (the same, plus
+    ``sampling: ROUTE_SAMPLING``) → the mock; ``single-pass`` → vLLM (url, model)."""
     backends: list[dict[str, Any]] = [{"name": "mock", "model": MOCK_MODEL, "replicas": [mock_url]}]
-    routes = [{"name": MOCK_ROUTE, "strategy": "single-pass", "backend": "mock"}]
+    routes: list[dict[str, Any]] = [
+        {"name": MOCK_ROUTE, "strategy": "single-pass", "backend": "mock"},
+        {
+            "name": SAMPLED_ROUTE,
+            "strategy": "single-pass",
+            "backend": "mock",
+            "sampling": dict(ROUTE_SAMPLING),
+        },
+    ]
     if vllm is not None:
         url, model = vllm
         backends.insert(0, {"name": "default", "model": model, "replicas": [url]})
@@ -742,6 +930,41 @@ def results_table(results: Sequence[Comparison]) -> Table:
     return table
 
 
+def sampling_table(e2e: dict[str, Any] | None, micro: dict[str, Any] | None) -> Table:
+    """The sampling override's cost: end to end on the mock, and ``apply_sampling`` alone."""
+    table = Table(title="Route sampling override: what patching the body costs")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    table.add_column("spread / note")
+    if e2e is not None:
+        blocks = ", ".join(f"{x * 1000:+.1f}" for x in e2e["per_block_ms"])
+        table.add_row(
+            "sampling patch cost (end to end, mock)",
+            f"{e2e['added_p50_ms'] * 1000:+.1f} µs",
+            f"c1-sampled added p50 − c1 added p50: a difference of two noisy medians; "
+            f"per block: {blocks} µs",
+        )
+        if e2e["gateway_cpu_ms_per_request"] is not None:
+            table.add_row(
+                "  gateway CPU/req, c1-sampled − c1",
+                f"{e2e['gateway_cpu_ms_per_request'] * 1000:+.1f} µs",
+                "/proc, 10 ms ticks: coarse",
+            )
+    if micro is not None:
+        for case, what in (("sampled", "route with sampling"), ("no-op", "route without")):
+            m = micro[case]
+            table.add_row(
+                f"apply_sampling, {what} ({m['route']})",
+                f"{m['us_per_call']:.3f} µs/call",
+                f"min {m['us_per_call_min']:.3f}; {micro['rounds']} rounds × "
+                f"{micro['calls_per_round']} calls; patch {orjson.dumps(m['patch']).decode()}",
+            )
+        table.add_row(
+            "apply_sampling, patch − no-op", f"{micro['patch_minus_noop_us']:+.3f} µs/call", ""
+        )
+    return table
+
+
 def write_json(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
@@ -766,10 +989,18 @@ class Options:
     backend_url: str | None
     quick: bool
     client_per_worker: bool
+    micro_calls: int
+    micro_rounds: int
 
     def scenarios(self) -> list[Scenario]:
-        plain = [Scenario(f"c{c}", c, stream=False) for c in self.concurrency]
-        return [*plain, Scenario("ttfc-c1", 1, stream=True)]
+        """``c<N>`` per concurrency, ``c1-sampled`` right after ``c1`` (it is compared with
+        it, so they run close in time), then ``ttfc-c1``."""
+        out: list[Scenario] = []
+        for c in self.concurrency:
+            out.append(Scenario(f"c{c}", c, stream=False))
+            if c == 1:
+                out.append(Scenario("c1-sampled", 1, stream=False, sampled=True))
+        return [*out, Scenario("ttfc-c1", 1, stream=True)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -817,6 +1048,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="One single-connection httpx client per worker instead of ONE shared pooled "
         "client (whose pool bookkeeping makes c=32 load-generator-bound).",
     )
+    p.add_argument(
+        "--micro-calls",
+        type=int,
+        help="apply_sampling calls per round of the in-process micro-benchmark "
+        "(default 100000; 20000 with --quick; 0 skips it).",
+    )
+    p.add_argument("--micro-rounds", type=int, help="Its rounds per case (default 5; 3 quick).")
     a = p.parse_args(argv)
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     if not targets or set(targets) - {"mock", "vllm"}:
@@ -837,6 +1075,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         backend_url=a.backend_url,
         quick=a.quick,
         client_per_worker=a.client_per_worker,
+        micro_calls=a.micro_calls
+        if a.micro_calls is not None
+        else (20_000 if a.quick else 100_000),
+        micro_rounds=max(1, a.micro_rounds or (3 if a.quick else 5)),
     )
 
 
@@ -886,7 +1128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config = gateway_config(mock_url, None)
                 with gateway_server(config, log_dir, "gateway-mock") as (gw_url, gw_pid):
                     target = Target(
-                        "mock", mock_url, gw_url, MOCK_MODEL, MOCK_ROUTE, opts.mock_requests, gw_pid
+                        "mock",
+                        mock_url,
+                        gw_url,
+                        MOCK_MODEL,
+                        MOCK_ROUTE,
+                        opts.mock_requests,
+                        gw_pid,
+                        sampled_model=SAMPLED_ROUTE,
                     )
                     targets.append(target)
                     results += measure_target(opts, target, affinity)
@@ -902,6 +1151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 target = Target("vllm", url, gw_url, model, VLLM_ROUTE, opts.vllm_requests, gw_pid)
                 targets.append(target)
                 results += measure_target(opts, target, affinity)
+        # After every process we started is gone, on the same pinned core.
+        micro = None
+        if opts.micro_calls > 0:
+            console.rule(f"apply_sampling micro-benchmark, cpus {sorted(affinity)}")
+            micro = time_apply_sampling(opts.micro_calls, opts.micro_rounds)
     except KeyboardInterrupt:
         console.print("[red]interrupted: everything started was stopped[/red]")
         return 130
@@ -909,7 +1163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]benchmark failed: {e}[/red]")
         return 1
     duration = time.monotonic() - started
+    e2e = sampling_patch_cost(results)
     console.print(results_table(results))
+    if e2e is not None or micro is not None:
+        console.print(sampling_table(e2e, micro))
     report = {
         "benchmark": "gateway-overhead",
         "description": __doc__,
@@ -918,6 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": settings_json(opts, affinity),
         "targets": [asdict(t) for t in targets],
         "results": [c.to_json() for c in results],
+        "sampling_patch": {"end_to_end": e2e, "micro": micro},
         "duration_s": round(duration, 1),
     }
     write_json(opts.output, report)
@@ -943,6 +1201,13 @@ def settings_json(opts: Options, affinity: set[int]) -> dict[str, Any]:
         "warmup_per_phase": opts.warmup,
         "bench_cpu_affinity": sorted(affinity),
         "request": {"max_tokens": 1, "temperature": 0, "prompt": PROMPT},
+        "sampled_scenario": {
+            "route": SAMPLED_ROUTE,
+            "route_sampling": ROUTE_SAMPLING,
+            "gateway_body": "the request without temperature (the route's sampling fills it)",
+            "direct_body": "the request with the route's sampling fields already set",
+        },
+        "micro_benchmark": {"calls_per_round": opts.micro_calls, "rounds": opts.micro_rounds},
         "load_generator": (
             "one single-connection httpx.AsyncClient per worker"
             if opts.client_per_worker

@@ -110,7 +110,8 @@ class AdaptiveConsistency:
             else:
                 progress.append(round(weighted_leader_share(pool.answers, self._weights(pool)), 4))
                 done = len(pool) >= p.min_samples and progress[-1] >= p.share
-            ctx.note(f"{len(pool)} samples, leader {p.stop} {progress[-1]:.2f}\n")
+            what = "confidence" if p.stop == "posterior" else "weighted share"
+            ctx.note(f"{len(pool)} samples, leader {what} {progress[-1]:.2f}\n")
             if done:
                 reason = "converged"
                 break

@@ -162,3 +162,32 @@ def test_confidence_ranks_greedy_above_truncated_and_corrupted(backend_url: str)
     wins, total, items = asyncio.run(run())
     assert items >= 5, "the seeded set must give enough usable greedy answers"
     assert wins == total, f"greedy ranked above {wins} of {total} damaged continuations"
+
+
+def test_auto_on_the_shipped_policy_beats_greedy_on_held_out_arithmetic(
+    client: openai.OpenAI,
+) -> None:
+    # Held-out items (seed 1; calibration uses seed 0) that the shipped policy sends to the
+    # greedy ladder; the client sends only model, messages and max_tokens, as a new user would.
+    from routing.evalset import check_answer, make_eval_set
+    from routing.loader import load_config
+    from routing.policy import Router
+    from tests.integration.conftest import SHIPPED_CONFIG
+
+    router = Router(load_config(SHIPPED_CONFIG))
+    items = [
+        i
+        for i in make_eval_set(60, seed=1, hard_share=0.5)
+        if (d := router.decide("auto", i.messages)) is not None and d.route == "greedy-ladder"
+    ][:12]
+    assert len(items) == 12
+    right = {"auto": 0, "single-pass": 0}
+    for item in items:
+        for model in right:
+            r = client.chat.completions.create(
+                model=model,
+                messages=item.messages,  # type: ignore[arg-type]
+                max_tokens=128,
+            )
+            right[model] += check_answer(item, r.choices[0].message.content or "")
+    assert right["auto"] > right["single-pass"], right

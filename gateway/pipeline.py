@@ -129,7 +129,14 @@ async def complete(
             note: Callable[[str], None] | None = None,
         ) -> Awaitable[tuple[Route, StrategyResult]]:
             return run_ladder(
-                route, state.config, services.pools, payload, ctx, services.metrics, note
+                route,
+                state.config,
+                services.pools,
+                payload,
+                ctx,
+                services.metrics,
+                note,
+                state.router.online,
             )
 
         if streaming and route.stream_progress:

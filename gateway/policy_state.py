@@ -11,6 +11,7 @@ from pathlib import Path
 
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig
+from routing.online import OnlineTables
 from routing.policy import RoutePredictor, Router
 from routing.resolve import RouteTable
 
@@ -42,9 +43,14 @@ def load_predictor(config: DeliberateConfig, config_path: Path | None) -> RouteP
         raise PredictorUnavailable(f"policy.predictor.path: {e}") from e
 
 
-def build_state(config: DeliberateConfig, config_path: Path | None = None) -> PolicyState:
+def build_state(
+    config: DeliberateConfig, config_path: Path | None = None, online: OnlineTables | None = None
+) -> PolicyState:
+    """``online``: the live quality tables, used only when the policy enables them."""
     predictor = load_predictor(config, config_path)
-    return PolicyState(config, RouteTable(config), Router(config, predictor))
+    enabled = config.policy is not None and config.policy.online_update.enabled
+    router = Router(config, predictor, online if enabled else None)
+    return PolicyState(config, RouteTable(config), router)
 
 
 def init_metrics(metrics: Metrics, config: DeliberateConfig) -> None:

@@ -48,7 +48,9 @@ class ConfigWatcher:
                 raise ConfigError(
                     [f"{self.path}:backends: changed; backend pools need a restart to apply"]
                 )
-            state = build_state(cfg, self.path)
+            state = build_state(cfg, self.path, services.online)
+            if cfg.policy is not None:
+                services.online.step = cfg.policy.online_update.step
         except ConfigError as e:
             for line in e.lines:
                 log.error("config reload failed, keeping the current policy: %s", line)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.backends.pool import Pool
 from gateway.backends.scraper import BackendScraper
@@ -11,6 +11,7 @@ from gateway.policy_state import PolicyState
 from gateway.settings import Settings
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig
+from routing.online import OnlineTables
 from routing.resolve import RouteTable
 
 
@@ -23,6 +24,8 @@ class Services:
     metrics: Metrics
     budgets: BudgetService
     scraper: BackendScraper | None = None
+    online: OnlineTables = field(default_factory=lambda: OnlineTables(0.02))
+    """Live quality tables (used when the policy enables online updates); kept across reloads."""
 
     @property
     def config(self) -> DeliberateConfig:

@@ -19,6 +19,7 @@ from routing.config import DeliberateConfig, Route
 from routing.decision import CandidateView, Decision, QualitySource
 from routing.features import Features, extract, message_text
 from routing.gain import apply_gain
+from routing.online import OnlineTables
 from routing.policy_config import ClassPolicy, Measured, ladder_label
 from routing.resolve import AUTO, RouteTable
 
@@ -47,10 +48,17 @@ UnfitFn = Callable[[Route], str | None]
 class Router:
     """Built once per loaded policy file (hot reload builds a new one)."""
 
-    def __init__(self, config: DeliberateConfig, predictor: RoutePredictor | None = None) -> None:
+    def __init__(
+        self,
+        config: DeliberateConfig,
+        predictor: RoutePredictor | None = None,
+        online: OnlineTables | None = None,
+    ) -> None:
         self.config = config
         self.table = RouteTable(config)
         self.predictor = predictor
+        self.online = online
+        """Live quality updates (``routing.online``), when the policy enables them."""
         policy = config.policy
         default = policy.default_class if policy else "default"
         self.classifier = Classifier(config.classes, default)
@@ -155,6 +163,9 @@ class Router:
         live: LiveFn | None,
     ) -> CandidateView:
         m: Measured | None = route.measured.get(request_class) or route.measured.get("all")
+        live_q = self.online.quality(route.name, request_class) if self.online else None
+        if m is not None and live_q is not None:
+            m = m.model_copy(update={"quality": live_q})
         p = predicted.get(route.name)
         ref = self.config.policy.predictor if self.config.policy else None
         weight = ref.weight if ref is not None else 0.5

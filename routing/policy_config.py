@@ -129,6 +129,15 @@ class PredictorRef(_Strict):
     )
 
 
+class OnlineUpdate(_Strict):
+    """Live updates of the measured quality tables from verified ladder outcomes."""
+
+    enabled: bool = Field(False, description="Off by default: the file's tables are the truth.")
+    step: float = Field(
+        0.02, gt=0, le=0.2, description="Largest change of a quality per observation."
+    )
+
+
 class RoutingPolicy(_Strict):
     """The router: used for ``model: "auto"``."""
 
@@ -139,6 +148,11 @@ class RoutingPolicy(_Strict):
     )
     classes: dict[Name, ClassPolicy] = Field(min_length=1)
     predictor: PredictorRef | None = None
+    online_update: OnlineUpdate = Field(
+        OnlineUpdate(),
+        description="Opt-in: move `measured` qualities by bounded steps from live verified "
+        "outcomes; in memory only, written out by `deliberate policy export`.",
+    )
     client_sampling: Literal["route", "honour"] = Field(
         "route",
         description="With model auto, whose sampling wins: the route's (the client delegated "

@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.http.errors import error_response, json_response
 from gateway.pipeline import Answer, complete
+from gateway.policy_export import export_policy
 from gateway.services import Services
 from metrics.registry import RejectReason
 
@@ -187,6 +188,19 @@ async def route_explain(request: Request) -> Response:
         return json_response(await explain(services, raw, tenant))
     except DeliberateError as e:
         return error_response(request, e)
+
+
+@router.get("/v1/policy/export")
+async def policy_export(request: Request) -> Response:
+    """The policy file with the live (online) quality tables written in, as YAML."""
+    services = services_of(request)
+    try:
+        services.budgets.authenticate(request.headers.get("authorization"))
+    except DeliberateError as e:
+        return error_response(request, e)
+    text, observations = export_policy(services)
+    headers = {"x-deliberate-online-observations": str(observations)}
+    return Response(text, 200, headers, media_type="application/yaml")
 
 
 @router.get("/v1/models")

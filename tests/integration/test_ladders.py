@@ -10,6 +10,7 @@ import asyncio
 import random
 import re
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -191,3 +192,16 @@ def test_auto_on_the_shipped_policy_beats_greedy_on_held_out_arithmetic(
             )
             right[model] += check_answer(item, r.choices[0].message.content or "")
     assert right["auto"] > right["single-pass"], right
+
+
+def test_policy_export_cli_writes_a_valid_policy(gateway_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from routing.loader import load_config
+
+    out = tmp_path / "exported.yaml"
+    result = CliRunner().invoke(app, ["policy", "export", "--url", gateway_url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output
+    assert load_config(out).route("greedy-ladder").escalate_to

@@ -73,6 +73,13 @@ class BestOfNParams(SamplingParams):
 CONFIDENCE_TOP_LOGPROBS = 2
 
 
+def with_logprobs(request: StrategyRequest) -> StrategyRequest:
+    """``request`` sampling with token logprobs (for confidence), unless it already does."""
+    if request.logprobs:
+        return request
+    return replace(request, logprobs=True, top_logprobs=CONFIDENCE_TOP_LOGPROBS)
+
+
 class DeadlineExceeded(Exception):
     """The deadline passed before any candidate existed."""
 
@@ -244,8 +251,8 @@ class BestOfN:
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
         client_logprobs = request.logprobs
         seeds = request.seeds[: self.params.n - 1]
-        if self.params.selector == "confidence" and not request.logprobs:
-            request = replace(request, logprobs=True, top_logprobs=CONFIDENCE_TOP_LOGPROBS)
+        if self.params.selector == "confidence":
+            request = with_logprobs(request)
         result, n_used = await sample(request, ctx, self.params, self.params.n - len(seeds))
         choices = (*seeds, *result.choices)
         if seeds:  # seeds were generated (and counted) before this call

@@ -34,14 +34,15 @@ from strategies.base import (
     StrategyResult,
 )
 from strategies.best_of_n import (
-    CONFIDENCE_TOP_LOGPROBS,
     DeadlineExceeded,
     SamplingParams,
     question_of,
+    with_logprobs,
 )
 from strategies.ports import GenChoice, Verifier
 from strategies.sampling import SAMPLING_FIELDS
 from strategies.usage import Usage
+from strategies.verifiers.confidence import needs_logprobs
 from strategies.waves import (
     CandidatePool,
     Selection,
@@ -80,15 +81,13 @@ class Ladder:
 
     @property
     def wants_logprobs(self) -> bool:
-        return any(getattr(r.verifier, "wants_logprobs", False) for r in self.rungs)
+        return any(needs_logprobs(r.verifier) for r in self.rungs)
 
     async def run(self, request: StrategyRequest, ctx: StrategyContext) -> StrategyResult:
         pool = CandidatePool(self.params.answer)
         question = question_of(request.messages)
         logprobs = self.wants_logprobs
-        inner = request
-        if logprobs and not request.logprobs:
-            inner = replace(request, logprobs=True, top_logprobs=CONFIDENCE_TOP_LOGPROBS)
+        inner = with_logprobs(request) if logprobs else request
         start = min(max(0, self.start), len(self.rungs))
         if start == 0:
             await self._first(inner, ctx, pool)  # no answer at all yet: errors propagate

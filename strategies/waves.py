@@ -15,7 +15,7 @@ from typing import Any
 
 from strategies.answers import ExtractSpec
 from strategies.base import StrategyContext, StrategyRequest
-from strategies.best_of_n import CONFIDENCE_TOP_LOGPROBS, SamplingParams, answers_of, sample
+from strategies.best_of_n import SamplingParams, answers_of, sample, with_logprobs
 from strategies.confidence import ConfidenceStats, as_json, confidence_stats
 from strategies.ports import Candidate, GenChoice, Score, Verifier
 from strategies.usage import Usage
@@ -154,8 +154,8 @@ async def draw(
     req = request
     if overrides:
         req = replace(req, sampling={**req.sampling, **overrides})
-    if logprobs and not req.logprobs:
-        req = replace(req, logprobs=True, top_logprobs=CONFIDENCE_TOP_LOGPROBS)
+    if logprobs:
+        req = with_logprobs(req)
     result, used = await sample(req, ctx, params, n)
     return list(result.choices), result.usage, result.model, used
 

@@ -248,3 +248,14 @@ class ScriptedGenerator:
         return GenResult(
             tuple(choices), Usage(prompt=self.prompt_tokens, visible=generated), "fake-model"
         )
+
+
+async def rendezvous(expected: int, arrived: int, all_in: asyncio.Event) -> None:
+    """Make a fake's call wait until ``expected`` calls are in flight (0: no waiting);
+    ``arrived`` counts the calls so far, this one included. A test that passes proves its calls
+    ran concurrently: sequential ones time out after 2 s."""
+    if not expected:
+        return
+    if arrived >= expected:
+        all_in.set()
+    await asyncio.wait_for(all_in.wait(), timeout=2)

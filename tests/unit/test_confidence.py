@@ -36,6 +36,7 @@ from strategies.verifiers.confidence import ConfidenceVerifier, needs_logprobs
 from strategies.verifiers.judge import LogprobJudgeVerifier
 from strategies.verifiers.registry import VerifierConfigError, VerifierContext, build_verifier
 from strategies.voting import confidence_vote, weighted_leader_share
+from tests.fakes import rendezvous
 
 pytestmark = pytest.mark.anyio
 
@@ -229,10 +230,7 @@ class PromptLogprobBackend:
 
     async def generate(self, request: GenRequest) -> GenResult:
         self.requests.append(request)
-        if self.rendezvous:
-            if len(self.requests) >= self.rendezvous:
-                self._all_in.set()
-            await asyncio.wait_for(self._all_in.wait(), timeout=2)
+        await rendezvous(self.rendezvous, len(self.requests), self._all_in)
         rendered = "".join(
             f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in request.messages
         )

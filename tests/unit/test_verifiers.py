@@ -43,6 +43,7 @@ from strategies.verifiers.registry import (
     is_verifier,
     load_plugin,
 )
+from tests.fakes import rendezvous
 
 # --- a scripted judge backend ------------------------------------------------------------
 
@@ -63,10 +64,7 @@ class ScriptedJudge:
 
     async def generate(self, request: GenRequest) -> GenResult:
         self.requests.append(request)
-        if self.rendezvous:
-            if len(self.requests) >= self.rendezvous:
-                self._all_in.set()
-            await asyncio.wait_for(self._all_in.wait(), timeout=2)
+        await rendezvous(self.rendezvous, len(self.requests), self._all_in)
         top = self.script(str(request.messages[-1]["content"]))
         first = top[0] if top else TopLogprob("Maybe", -0.1)
         position = TokenLogprob(first.token, first.logprob, top)

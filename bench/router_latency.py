@@ -1,5 +1,6 @@
 """Router decision latency: features + rule classes + the policy choice, with and without the
-learned predictor, on the calibrated policy (``configs/calibrated/routes.yaml``).
+learned predictor, on the shipped policy ``configs/routes.yaml`` (written by
+``deliberate calibrate``).
 
 Prints a table and writes ``bench/results/router_latency.json``. Issue 6's budget: p99 under
 1 ms for the rules path, a few ms with the learned predictor.
@@ -39,7 +40,7 @@ def measure(router: Router, prompts: list[list[dict[str, str]]], calls: int) -> 
 
 
 def main() -> None:
-    path = ROOT / "configs" / "calibrated" / "routes.yaml"
+    path = ROOT / "configs" / "routes.yaml"
     cfg = load_config(path)
     with_predictor = build_state(cfg, path).router
     rules_only = Router(cfg, None)

@@ -1,7 +1,9 @@
 """Routing benchmark: ``model: "auto"`` on the shipped policy against every fixed route.
 
-Runs a HELD-OUT eval set (``routing.evalset.make_eval_set``; default 60 items, seed 1, 30 %
-hard — calibration uses seed 0) through an in-process gateway on the policy file ``make up``
+Runs a HELD-OUT eval set (``routing.evalset.make_eval_set(split="heldout")``; default 60
+items, seed 1, 30 % hard: questions calibration never saw, worded with phrasing templates it
+never saw — ``deliberate calibrate`` fits on the "fit" split and checks itself on held-out seed
+0) through an in-process gateway on the policy file ``make up``
 serves (``configs/routes.yaml``, read when the run starts; ``--config`` picks another) against
 the real vLLM backend it names. Every item goes to ``auto`` and to every fixed route:
 ``single-pass`` (greedy: the client sets no temperature, the route's own sampling is T=0),
@@ -34,7 +36,6 @@ import asyncio
 import copy
 import hashlib
 import json
-import random
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -48,7 +49,7 @@ import yaml
 from gateway.app import create_app
 from gateway.calibration_transport import StreamingASGITransport
 from gateway.settings import Settings
-from routing.calibration import percentile, wilson_interval
+from routing.calibration import paired_bootstrap, percentile, wilson_interval
 from routing.config import DeliberateConfig
 from routing.evalset import EvalItem, check_answer, make_eval_set
 from routing.loader import parse_config
@@ -130,23 +131,6 @@ def bench_config(
 
 # --------------------------------------------------------------------------------------------
 # Statistics and targets (pure)
-
-
-def paired_bootstrap(
-    a: Sequence[bool], b: Sequence[bool], reps: int = 10000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of a − b over paired items and its 95 % percentile interval, items resampled
-    with replacement ``reps`` times from ``random.Random(seed)``; (0, 0, 0) for no items."""
-    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    if n == 0:
-        return (0.0, 0.0, 0.0)
-    mean = sum(diffs) / n
-    if all(d == diffs[0] for d in diffs):
-        return (mean, mean, mean)
-    rng = random.Random(seed)
-    boot = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(reps))
-    return (mean, boot[int(0.025 * (reps - 1))], boot[round(0.975 * (reps - 1))])
 
 
 def summarise(model: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -373,7 +357,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in fixed:
         config.route(name)  # KeyError early for a route the policy file lacks
     models = [AUTO, *fixed]
-    items = make_eval_set(args.items, seed=args.seed, hard_share=args.hard_share)
+    items = make_eval_set(args.items, args.seed, args.hard_share, split="heldout")
     settings = Settings(config=config_path, reload_interval_s=0, access_log=False)
     app = create_app(settings, config)
     rows: list[dict[str, Any]] = []
@@ -455,7 +439,8 @@ def _ci(d: Mapping[str, Any] | None) -> str:
 
 def markdown(result: Mapping[str, Any]) -> str:
     out = [
-        f"{result['items']} held-out items (seed {result['seed']}, {result['mix']}), policy "
+        f"{result['items']} held-out items (seed {result['seed']}, held-out phrasing templates, "
+        f"{result['mix']}), policy "
         f"`{result['config']}` (sha256 {result['config_sha256'][:12]}), client max_tokens "
         f"{result['max_tokens']}, concurrency {result['concurrency']}, run "
         f"{result['wall_s'] / 60:.1f} min",
@@ -594,7 +579,9 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "routes.yaml"))
     p.add_argument("--routes", default=",".join(FIXED), help="fixed routes compared with auto")
     p.add_argument("--items", type=int, default=60)
-    p.add_argument("--seed", type=int, default=1, help="eval-set seed (calibration uses 0)")
+    p.add_argument(
+        "--seed", type=int, default=1, help="held-out eval-set seed (calibrate's own check uses 0)"
+    )
     p.add_argument("--hard-share", type=float, default=0.3)
     p.add_argument("--max-tokens", type=int, default=128, help="client max_tokens; 0 = unset")
     p.add_argument("--concurrency", type=int, default=4)

@@ -79,7 +79,6 @@ import copy
 import json
 import math
 import os
-import random
 import signal
 import statistics
 import sys
@@ -108,6 +107,7 @@ from tasks import FAMILIES, Task, family_counts, make_suite
 from gateway.backends.generator import parse_result
 from gateway.compute import route_budget, strategy_request
 from gateway.escalation import RUNG_TEMPERATURE, ladder_params
+from routing.calibration import paired_bootstrap
 from routing.config import DeliberateConfig, Route
 from routing.loader import load_config
 from strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsistencyParams
@@ -202,24 +202,6 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
     k = min(only_a, only_b)
     tail = float(sum(math.comb(m, i) for i in range(k + 1))) / float(2**m)
     return min(1.0, 2 * tail)
-
-
-def paired_bootstrap(
-    a: Sequence[bool], b: Sequence[bool], resamples: int, seed: int
-) -> tuple[float, float, float]:
-    """Mean of a − b over items and its 95 % percentile interval (items resampled)."""
-    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    if n == 0:
-        return (0.0, 0.0, 0.0)
-    mean = sum(diffs) / n
-    if all(d == diffs[0] for d in diffs):
-        return (mean, mean, mean)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
-    lo = means[int(0.025 * (resamples - 1))]
-    hi = means[int(math.ceil(0.975 * (resamples - 1)))]
-    return (mean, lo, hi)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,9 +35,12 @@ from routing.config import BackendPool, DeliberateConfig
 from routing.evalset import EvalItem, check_answer
 from routing.features import extract
 from routing.loader import load_config
+from routing.policy_file import rewrite
 from routing.predictor import Predictor, request_text
 
+AUTO = "auto"
 CACHE_FILE = "results.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
 CALIBRATED_CONFIG = "routes.calibrated.yaml"
 PREDICTOR_FILE = "predictor.json"
 TransportFactory = Callable[[BackendPool], httpx.AsyncBaseTransport]
@@ -55,6 +59,8 @@ class CalibrationReport:
     config_path: Path
     predictor_path: Path | None
     plots: list[Path]
+    ladders: dict[str, str]  # class → the ladder it climbs (chosen by measured gain)
+    heldout: HeldOutCheck | None
 
 
 def load_cache(path: Path) -> dict[tuple[str, str, int | None], cal.Outcome]:
@@ -85,19 +91,23 @@ class Job:
     request_class: str
     route: str
     strategy: str
-    budget: int
+    budget: int | None  # None: the route as configured (``auto`` and the held-out check)
+
+    @property
+    def model(self) -> str:
+        return self.route if self.budget is None else cal.variant_name(self.route, self.budget)
 
 
 async def measure(client: httpx.AsyncClient, job: Job) -> cal.Outcome:
     """Send one item to one route variant as a streaming chat request; check the answer."""
     item, budget = job.item, job.budget
     body: dict[str, Any] = {
-        "model": cal.variant_name(job.route, budget),
+        "model": job.model,
         "messages": item.messages,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if job.strategy == "single-pass":
+    if job.strategy == "single-pass" and budget is not None:
         body["max_tokens"] = budget
     text: list[str] = []
     usage: dict[str, Any] = {}
@@ -155,12 +165,16 @@ async def measure(client: httpx.AsyncClient, job: Job) -> cal.Outcome:
 async def _run_pending(
     config: DeliberateConfig,
     jobs: list[Job],
-    cache: IO[str],
+    cache: IO[str] | None,
     concurrency: int,
     progress: bool,
     transport_factory: TransportFactory,
+    config_path: Path | None = None,
 ) -> list[cal.Outcome]:
-    app = create_app(Settings(), config, transport_factory=transport_factory)
+    settings = Settings(reload_interval_s=0, access_log=False)
+    if config_path is not None:  # the predictor path is relative to the policy file
+        settings = Settings(config=config_path, reload_interval_s=0, access_log=False)
+    app = create_app(settings, config, transport_factory=transport_factory)
     sem = asyncio.Semaphore(max(1, concurrency))
     done: list[cal.Outcome] = []
     columns = (TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -176,8 +190,9 @@ async def _run_pending(
                 async def one(job: Job) -> None:
                     async with sem:
                         o = await measure(client, job)
-                    cache.write(json.dumps(o.to_json()) + "\n")
-                    cache.flush()
+                    if cache is not None:
+                        cache.write(json.dumps(o.to_json()) + "\n")
+                        cache.flush()
                     done.append(o)
                     bar.advance(task)
 
@@ -185,10 +200,30 @@ async def _run_pending(
     return done
 
 
+HEADER = "# Calibrated by `deliberate calibrate`"
+
+
+@dataclass(frozen=True)
+class HeldOutCheck:
+    """``auto`` on the calibrated policy against the greedy cheap route, on held-out items."""
+
+    outcomes: list[cal.Outcome]
+    cells: list[cal.Cell]  # route "auto" and the cheap route, per class and "all"
+    diff: tuple[float, float, float]  # auto − cheap: mean and paired-bootstrap 95 % CI
+    cheap: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cheap": self.cheap,
+            "auto_minus_cheap": {"diff": self.diff[0], "ci": list(self.diff[1:])},
+            "cells": [c.to_json() for c in self.cells],
+        }
+
+
 async def run_calibration(
     config_path: str | Path,
     items: Sequence[EvalItem],
-    routes: Sequence[str],
+    routes: Sequence[str] | None,
     budgets: Sequence[int],
     out_dir: str | Path,
     concurrency: int = 2,
@@ -196,16 +231,24 @@ async def run_calibration(
     *,
     slo_ms: float | None = None,
     transport_factory: TransportFactory = build_transport,
+    heldout: Sequence[EvalItem] = (),
+    write_config: str | Path | None = None,
 ) -> CalibrationReport:
     """Measure every (item, route, budget) not in the cache, then write ``eval.md``,
-    ``eval.csv``, ``eval.json``, ``accuracy-<class>.png``, ``predictor.json`` and
-    ``routes.calibrated.yaml`` (validated) to ``out_dir``. ``slo_ms`` overrides every
-    route's latency SLO (default: ``routing.calibration.route_slos``). Raises ``ValueError``
-    for an unknown route or a budget < 1, ``ConfigError`` for an invalid policy file."""
+    ``eval.csv``, ``eval.json``, ``accuracy-<class>.png``, ``predictor.json`` to ``out_dir``
+    and the calibrated policy (validated, comments kept) to ``write_config`` (default
+    ``out_dir/routes.calibrated.yaml``; it may be ``config_path`` itself). ``routes`` None =
+    every route of the policy. With ``heldout`` items, ``auto`` on the written policy and the
+    greedy cheap route answer them too (``heldout.jsonl``; never cached, never fitted on), and
+    auto's point joins the plots. ``slo_ms`` overrides every route's latency SLO (default:
+    ``routing.calibration.route_slos``). Raises ``ValueError`` for an unknown route or a
+    budget < 1, ``ConfigError`` for an invalid policy file."""
     config_path, out = Path(config_path), Path(out_dir)
     cfg = load_config(config_path)
-    raw: dict[str, Any] = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    source = config_path.read_text(encoding="utf-8")
+    raw: dict[str, Any] = yaml.safe_load(source)
     known = [r.name for r in cfg.routes]
+    routes = known if routes is None else routes
     if unknown := [r for r in routes if r not in known]:
         raise ValueError(f"unknown route(s) {unknown}; routes in {config_path}: {known}")
     if bad := [b for b in budgets if b < 1]:
@@ -218,7 +261,7 @@ async def run_calibration(
     cached = load_cache(out / CACHE_FILE)
     wanted = [(item, r, b) for item in items for r in routes for b in budgets]
     classifier = Classifier(cfg.classes, cfg.policy.default_class if cfg.policy else "default")
-    classes = {item.id: item_class(item, classifier) for item in items}
+    classes = {item.id: item_class(item, classifier) for item in [*items, *heldout]}
     jobs = [
         Job(item, classes[item.id], r, strategy[r], b)
         for item, r, b in wanted
@@ -234,15 +277,31 @@ async def run_calibration(
         cal.route_slos(cfg) if slo_ms is None else dict.fromkeys(known, slo_ms)
     )
     chosen = cal.choose_budgets(cells, slos)
-    _write_tables(out, cells, chosen, slos)
-    plots = plot_accuracy(cells, out, chosen)
+    config_out = Path(write_config) if write_config is not None else out / CALIBRATED_CONFIG
     predictor_path = _train_predictor(out, items, outcomes, chosen)
-    rel = PREDICTOR_FILE if predictor_path is not None else None
-    calibrated = cal.updated_config(raw, cells, chosen, rel)
-    config_out = out / CALIBRATED_CONFIG
-    header = f"# Written by `deliberate calibrate` from {config_path} (see eval.md).\n"
-    config_out.write_text(header + yaml.safe_dump(calibrated, sort_keys=False), encoding="utf-8")
-    load_config(config_out)  # the written file must pass check-config
+    rel = None
+    if predictor_path is not None:
+        rel = os.path.relpath(predictor_path.resolve(), config_out.resolve().parent)
+    ladders = [r.name for r in cfg.routes if r.escalate_to and r.name in routes]
+    class_ladders = cal.choose_ladders(raw, cells, chosen, ladders)
+    calibrated = cal.apply_ladders(cal.updated_config(raw, cells, chosen, rel), class_ladders)
+    note = f"{HEADER} from {config_path.name} ({len(items)} items; see {out}/eval.md)."
+    kept = "".join(line for line in source.splitlines(True) if not line.startswith(HEADER))
+    text = rewrite(kept, calibrated, note)
+    tmp = config_out.with_name(f".{config_out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    load_config(tmp)  # the written file must pass check-config before it replaces anything
+    tmp.replace(config_out)
+
+    check = None
+    if heldout:
+        check = await _check_heldout(
+            config_out, heldout, classes, strategy, concurrency, progress, transport_factory
+        )
+        with (out / HELDOUT_FILE).open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(o.to_json()) + "\n" for o in check.outcomes)
+    _write_tables(out, cells, chosen, slos, class_ladders, check)
+    plots = plot_accuracy(cells, out, chosen, check.cells if check else ())
     return CalibrationReport(
         out_dir=out,
         outcomes=outcomes,
@@ -253,6 +312,41 @@ async def run_calibration(
         config_path=config_out,
         predictor_path=predictor_path,
         plots=plots,
+        ladders=class_ladders,
+        heldout=check,
+    )
+
+
+async def _check_heldout(
+    config_path: Path,
+    items: Sequence[EvalItem],
+    classes: Mapping[str, str],
+    strategy: Mapping[str, str],
+    concurrency: int,
+    progress: bool,
+    transport_factory: TransportFactory,
+) -> HeldOutCheck:
+    """``auto`` and the greedy cheap route on held-out items, through the written policy
+    (tenants and admission off, as for the route variants: this measures the routing)."""
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    raw.pop("tenants", None)
+    raw["admission"] = {**(raw.get("admission") or {}), "enabled": False}
+    cfg = DeliberateConfig.model_validate(raw)
+    cheap = cfg.default_route
+    jobs = [
+        Job(item, classes[item.id], model, strategy.get(model, "auto"), None)
+        for item in items
+        for model in (AUTO, cheap)
+    ]
+    outcomes = await _run_pending(
+        cfg, jobs, None, concurrency, progress, transport_factory, config_path
+    )
+    by = {(o.item_id, o.route): o for o in outcomes}
+    ordered = [by[(item.id, m)] for item in items for m in (AUTO, cheap)]
+    auto_ok = [by[(item.id, AUTO)].correct for item in items]
+    cheap_ok = [by[(item.id, cheap)].correct for item in items]
+    return HeldOutCheck(
+        ordered, cal.summarize(ordered), cal.paired_bootstrap(auto_ok, cheap_ok), cheap
     )
 
 
@@ -261,18 +355,37 @@ def _write_tables(
     cells: list[cal.Cell],
     chosen: dict[str, int | None],
     slos: dict[str, float | None],
+    ladders: dict[str, str],
+    check: HeldOutCheck | None,
 ) -> None:
-    (out / "eval.md").write_text(
+    text = (
         "# Calibration\n\n"
         + cal.markdown_table(cells, chosen)
         + "\nChosen budget per route (best accuracy whose p95 latency meets the SLO): "
         + ", ".join(f"{r}: {b} (SLO {slos.get(r)} ms)" for r, b in chosen.items())
-        + "\n",
-        encoding="utf-8",
+        + "\n\nLadder per class (the largest measured gain over the cheap route, at least "
+        + "the class's min_gain): "
+        + (", ".join(f"{c}: {r}" for c, r in ladders.items()) or "none pays")
+        + "\n"
     )
+    if check is not None:
+        d, lo, hi = check.diff
+        text += (
+            f"\n## Held-out check: `auto` on the written policy vs {check.cheap}\n\n"
+            + cal.markdown_table(check.cells)
+            + f"\nauto − {check.cheap}: {d:+.3f} (paired bootstrap 95 % CI {lo:+.3f} to "
+            + f"{hi:+.3f}) over {len(check.outcomes) // 2} held-out items.\n"
+        )
+    (out / "eval.md").write_text(text, encoding="utf-8")
     with (out / "eval.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(cal.csv_rows(cells))
-    doc = {"cells": [c.to_json() for c in cells], "chosen": chosen, "slo_ms": slos}
+    doc = {
+        "cells": [c.to_json() for c in cells],
+        "chosen": chosen,
+        "slo_ms": slos,
+        "ladders": ladders,
+        "heldout": check.to_json() if check else None,
+    }
     (out / "eval.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 

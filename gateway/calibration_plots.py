@@ -22,10 +22,17 @@ def plot_file_name(request_class: str) -> str:
 
 
 def plot_accuracy(
-    cells: Sequence[Cell], out_dir: Path, chosen: Mapping[str, int | None] | None = None
+    cells: Sequence[Cell],
+    out_dir: Path,
+    chosen: Mapping[str, int | None] | None = None,
+    heldout: Sequence[Cell] = (),
 ) -> list[Path]:
     """One PNG per class (``all`` first): accuracy (with its 95 % CI) against mean generated
-    tokens, one line per route across its budgets; chosen budgets circled."""
+    tokens, one line per route across its budgets; chosen budgets circled. ``heldout`` cells
+    (``auto`` and its cheap route on held-out items) are drawn as stars."""
+    marks: dict[str, list[Cell]] = defaultdict(list)
+    for c in heldout:
+        marks[c.request_class].append(c)
     by_class: dict[str, list[Cell]] = defaultdict(list)
     for c in cells:
         by_class[c.request_class].append(c)
@@ -51,6 +58,13 @@ def plot_accuracy(
                         [c.mean_generated], [c.accuracy], marker="o", markersize=12,
                         fillstyle="none", color=line.lines[0].get_color(),
                     )  # fmt: skip
+        for c in marks.get(request_class, []):
+            ax.errorbar(
+                [c.mean_generated], [c.accuracy],
+                yerr=[[c.accuracy - c.ci_low], [c.ci_high - c.accuracy]],
+                marker="*", markersize=13, capsize=3, linestyle="none",
+                label=f"{c.route} (held-out, {c.items} items)",
+            )  # fmt: skip
         n = max((c.items for c in by_class[request_class]), default=0)
         ax.set_title(f"class {request_class} ({n} items): accuracy vs compute")
         ax.set_xlabel("mean generated tokens per request (visible + hidden)")

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from gateway import localbackend as lb
 from gateway.settings import Settings
 from routing.loader import ConfigError, ConfigUnreadable, load_config
 from routing.resolve import clashes
+
+if TYPE_CHECKING:
+    from routing.evalset import EvalItem
 
 app = typer.Typer(
     help="Deliberate: a reasoning-serving gateway in front of vLLM.", no_args_is_help=True
@@ -248,11 +251,15 @@ def eval_set(
     hard_share: Annotated[
         float, typer.Option("--hard-share", min=0.0, max=1.0, help="Share of hard items.")
     ] = 0.3,
+    heldout: Annotated[
+        bool,
+        typer.Option("--heldout", help="Held-out questions and phrasing templates (not fit)."),
+    ] = False,
 ) -> None:
     """Write a labelled eval set (easy and hard exactly-checkable tasks) as JSONL."""
     from routing.evalset import make_eval_set, write_eval_set
 
-    generated = make_eval_set(items, seed, hard_share)
+    generated = make_eval_set(items, seed, hard_share, "heldout" if heldout else "fit")
     try:
         write_eval_set(generated, out)
     except OSError as e:
@@ -270,21 +277,60 @@ def _csv_list(value: str, what: str) -> list[str]:
     return parts
 
 
+def _load_items(path: Path, what: str) -> list[EvalItem]:
+    from routing.evalset import EvalSetError, load_eval_set
+
+    try:
+        items = load_eval_set(path)
+    except OSError as e:
+        _err().print(f"[red]{what} {path}: cannot read: {e.strerror or e}[/red]")
+        raise typer.Exit(2) from e
+    except EvalSetError as e:
+        _err().print(f"[red]{what}: {e}[/red]")
+        raise typer.Exit(2) from e
+    if not items:
+        _err().print(f"[red]{what} {path}: no items[/red]")
+        raise typer.Exit(2)
+    return items
+
+
 @app.command()
 def calibrate(
-    eval_set: Annotated[Path, typer.Option("--eval-set", help="Labelled eval set (JSONL).")],
     config: Annotated[Path, typer.Option("--config", help="Policy file to calibrate.")] = Path(
         "configs/routes.yaml"
     ),
+    eval_set: Annotated[
+        Path | None,
+        typer.Option("--eval-set", help="Labelled eval set to fit on (JSONL; default: generated)."),
+    ] = None,
+    items: Annotated[
+        int, typer.Option("--items", min=1, help="Generated fit items (without --eval-set).")
+    ] = 90,
+    heldout_set: Annotated[
+        Path | None,
+        typer.Option("--heldout-set", help="Held-out eval set (JSONL; default: generated)."),
+    ] = None,
+    heldout_items: Annotated[
+        int,
+        typer.Option("--heldout-items", min=0, help="Generated held-out items (0 = no check)."),
+    ] = 40,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated eval sets.")] = 0,
+    hard_share: Annotated[
+        float, typer.Option("--hard-share", min=0.0, max=1.0, help="Share of hard items.")
+    ] = 0.3,
     routes: Annotated[
-        str, typer.Option("--routes", help="Comma-separated routes to calibrate.")
-    ] = "single-pass,bounded-reasoning,best-of-n",
+        str, typer.Option("--routes", help="Comma-separated routes (default: every route).")
+    ] = "",
     budgets: Annotated[
         str, typer.Option("--budgets", help="Comma-separated token budgets to sweep.")
     ] = "48,96",
     out: Annotated[Path, typer.Option("--out", help="Output (and cache) directory.")] = Path(
         "calibration"
     ),
+    in_place: Annotated[
+        bool,
+        typer.Option("--in-place", help="Write the calibrated policy over --config."),
+    ] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests at once.")] = 2,
     slo_ms: Annotated[
         float | None,
@@ -295,27 +341,32 @@ def calibrate(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Run an eval set through routes × budgets on the live backends; write the evaluation
-    table, plots, the trained predictor and a calibrated policy file (resumable)."""
+    table, plots, the trained predictor and the calibrated policy (comments kept), then check
+    `auto` on held-out items (resumable: measured outcomes are cached in --out)."""
     import asyncio
 
     from gateway.calibrate import run_calibration
     from routing.calibration import markdown_table
-    from routing.evalset import EvalSetError, load_eval_set
+    from routing.evalset import make_eval_set
 
     _check(config)
-    try:
-        items = load_eval_set(eval_set)
-    except OSError as e:
-        _err().print(f"[red]eval set {eval_set}: cannot read: {e.strerror or e}[/red]")
-        raise typer.Exit(2) from e
-    except EvalSetError as e:
-        _err().print(f"[red]eval set: {e}[/red]")
-        raise typer.Exit(2) from e
-    if not items:
-        _err().print(f"[red]eval set {eval_set}: no items[/red]")
+    fit = (
+        _load_items(eval_set, "eval set")
+        if eval_set is not None
+        else make_eval_set(items, seed, hard_share, "fit")
+    )
+    heldout = (
+        _load_items(heldout_set, "held-out set")
+        if heldout_set is not None
+        else make_eval_set(heldout_items, seed, hard_share, "heldout")
+    )
+    if overlap := {i.id for i in fit} & {i.id for i in heldout}:
+        _err().print(
+            f"[red]--heldout-set shares items with the fit set: {sorted(overlap)[:5]}[/red]"
+        )
         raise typer.Exit(2)
-    route_names = _csv_list(routes, "--routes")
     known = [r.name for r in load_config(config).routes]
+    route_names = _csv_list(routes, "--routes") if routes.strip() else known
     if unknown := [r for r in route_names if r not in known]:
         _err().print(
             f"[red]--routes: unknown route(s) {unknown}; routes in {config}: {known}[/red]"
@@ -333,13 +384,15 @@ def calibrate(
         report = asyncio.run(
             run_calibration(
                 config,
-                items,
+                fit,
                 route_names,
                 sweep,
                 out,
                 concurrency,
                 progress=not no_progress,
                 slo_ms=slo_ms,
+                heldout=heldout,
+                write_config=config if in_place else None,
             )
         )
     except (ConfigError, ValueError) as e:
@@ -349,8 +402,15 @@ def calibrate(
     errors = sum(o.error is not None for o in report.outcomes)
     Console(soft_wrap=True).print(
         f"{len(report.outcomes)} outcomes ({report.sent} measured now, {errors} errors); "
-        f"chosen budgets: {report.chosen}\n"
+        f"chosen budgets: {report.chosen}; ladders per class: {report.ladders}\n"
         f"wrote {out}/eval.md, eval.csv, eval.json, {len(report.plots)} plots, "
         f"{report.predictor_path or 'no predictor'}, {report.config_path}",
         markup=False,
     )
+    if (check := report.heldout) is not None:
+        d, lo, hi = check.diff
+        Console(soft_wrap=True).print(
+            f"held-out check ({len(check.outcomes) // 2} items): auto − {check.cheap} "
+            f"{d:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}]",
+            markup=False,
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -269,6 +270,73 @@ def updated_config(
         policy["predictor"] = {**(policy.get("predictor") or {}), "path": predictor_path}
         out["policy"] = policy
     return out
+
+
+DEFAULT_MIN_GAIN = 0.05
+
+
+def choose_ladders(
+    raw: Mapping[str, Any],
+    cells: Sequence[Cell],
+    chosen: Mapping[str, int | None],
+    ladders: Sequence[str],
+) -> dict[str, str]:
+    """Per policy class measured in ``cells``: the ladder (among ``ladders``, at its chosen
+    budget) whose accuracy beats the class's cheap route by the most, when by at least the
+    class's ``gain.min_gain`` (default ``DEFAULT_MIN_GAIN``). The cheap route is
+    ``gain.cheap``, else the class's first route. Classes where no ladder pays are absent."""
+    policy = raw.get("policy") or {}
+    at = {(c.request_class, c.route): c for c in cells if c.budget == chosen.get(c.route)}
+    out: dict[str, str] = {}
+    for name, cp in (policy.get("classes") or {}).items():
+        gain = cp.get("gain") or {}
+        cheap = gain.get("cheap") or (cp.get("routes") or [None])[0]
+        base = at.get((name, cheap))
+        if base is None:
+            continue
+        scored = [
+            (at[(name, r)].accuracy - base.accuracy, -at[(name, r)].mean_generated, r)
+            for r in ladders
+            if (name, r) in at and r != cheap
+        ]
+        best = max(scored, default=None)
+        if best is not None and best[0] >= float(gain.get("min_gain", DEFAULT_MIN_GAIN)):
+            out[name] = best[2]
+    return out
+
+
+def apply_ladders(raw: Mapping[str, Any], ladders: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of the policy file where each class in ``ladders`` climbs that ladder: its
+    ``gain.ladder`` is set (a ``gain`` section added, cheap = the first route, when missing)
+    and the ladder joins its ``routes``."""
+    out = copy.deepcopy(dict(raw))
+    classes = (out.get("policy") or {}).get("classes") or {}
+    for name, ladder in ladders.items():
+        cp = classes[name]
+        routes = list(cp.get("routes") or [])
+        gain = dict(cp.get("gain") or {"cheap": routes[0], "min_gain": DEFAULT_MIN_GAIN})
+        gain["ladder"] = ladder
+        cp["gain"] = gain
+        if ladder not in routes:
+            cp["routes"] = [*routes, ladder]
+    return out
+
+
+def paired_bootstrap(
+    a: Sequence[bool], b: Sequence[bool], reps: int = 10000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of a − b over paired items and its 95 % percentile interval, items resampled
+    with replacement ``reps`` times from ``random.Random(seed)``; (0, 0, 0) for no items."""
+    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    if n == 0:
+        return (0.0, 0.0, 0.0)
+    mean = sum(diffs) / n
+    if all(d == diffs[0] for d in diffs):
+        return (mean, mean, mean)
+    rng = random.Random(seed)
+    boot = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(reps))
+    return (mean, boot[int(0.025 * (reps - 1))], boot[round(0.975 * (reps - 1))])
 
 
 def training_data(

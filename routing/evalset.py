@@ -4,6 +4,7 @@ a model's reply exactly (number or option letter)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from routing.phrasing import Split, rephrase, template_for
 from routing.tasks import (
     DIFFICULTY,
     EASY_FAMILIES,
@@ -98,8 +100,10 @@ def _check_messages(messages: Any) -> None:
             raise EvalSetError(f"field 'messages[{n}].content': must be a string or a list")
 
 
-def _item(task: Task) -> EvalItem:
-    messages: list[dict[str, Any]] = [{"role": "user", "content": task.prompt}]
+def _item(task: Task, split: Split, index: int) -> EvalItem:
+    template = template_for(split, index)
+    prompt = rephrase(task.family, task.prompt, template)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
     checker: Checker = "option" if task.answer_format == "option_letter" else "number"
     family = task.family
     return EvalItem(
@@ -110,25 +114,39 @@ def _item(task: Task) -> EvalItem:
         family,
         DIFFICULTY[family],
         REQUEST_CLASS[family],
-        (task.kind,),
+        (task.kind, f"template:{template}", split),
     )
 
 
-def make_eval_set(n_items: int, seed: int = 0, hard_share: float = 0.3) -> list[EvalItem]:
+HELDOUT_SEED_OFFSET = 10_000
+
+
+def make_eval_set(
+    n_items: int, seed: int = 0, hard_share: float = 0.3, split: Split = "fit"
+) -> list[EvalItem]:
     """``n_items`` items, ``round(n_items * hard_share)`` of them from the hard families, spread
     evenly through the list; within each difficulty the families are interleaved round-robin.
-    Deterministic in ``(n_items, seed, hard_share)``; ids are unique."""
+
+    ``split`` picks the phrasing templates (``routing.phrasing``: "fit" for calibration,
+    "heldout" for wording calibration never saw) and the tasks: a held-out set draws its
+    questions from ``seed + HELDOUT_SEED_OFFSET``, so it shares no item with the fit set of any
+    small seed. Deterministic in its arguments; ids are unique (held-out ids end in ``-h``)."""
     if not 0.0 <= hard_share <= 1.0:
         raise ValueError("hard_share must be in [0, 1]")
     if n_items < 0:
         raise ValueError("n_items must be >= 0")
     n_hard = int(n_items * hard_share + 0.5)
-    easy = iter(make_suite(n_items - n_hard, seed, EASY_FAMILIES))
-    hard = iter(make_suite(n_hard, seed, HARD_FAMILIES))
-    return [
-        _item(next(hard) if (k + 1) * n_hard // n_items > k * n_hard // n_items else next(easy))
+    stream = seed + HELDOUT_SEED_OFFSET if split == "heldout" else seed
+    easy = iter(make_suite(n_items - n_hard, stream, EASY_FAMILIES))
+    hard = iter(make_suite(n_hard, stream, HARD_FAMILIES))
+    tasks = [
+        next(hard) if (k + 1) * n_hard // n_items > k * n_hard // n_items else next(easy)
         for k in range(n_items)
     ]
+    items = [_item(t, split, int(t.id.rsplit("-", 1)[1])) for t in tasks]
+    if split == "heldout":
+        items = [dataclasses.replace(i, id=f"{i.id}-h") for i in items]
+    return items
 
 
 def write_eval_set(items: Iterable[EvalItem], path: str | Path) -> None:

@@ -10,7 +10,9 @@ published numbers depend on these exact outputs): ``arithmetic`` (one-digit +, o
 two-digit +), ``letter_count``, ``sequence`` (arithmetic or doubling progression),
 ``comparison``, ``unit_conversion``, ``multiple_choice`` (category member or one-digit sum).
 Harder multi-step families (``EXTRA_FAMILIES``): ``two_step_arithmetic`` ("23 + 48 - 17"),
-``long_arithmetic`` (three-digit + and -) and ``word_problem`` (prices, totals, change).
+``long_arithmetic`` (three-digit + and -) and ``word_problem`` (prices, totals, change); and
+one more easy, non-arithmetic family for the eval set, ``json_extraction`` (read a numeric
+field, flat or nested one level, from a small JSON object).
 
 ``make_suite`` gives benchmark ``Task``s; ``make_eval_set`` gives ``EvalItem``s (chat messages,
 a checker, a difficulty and a request-class suggestion) mixing easy and hard families;
@@ -19,6 +21,7 @@ a checker, a difficulty and a request-class suggestion) mixing easy and hard fam
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -205,6 +208,30 @@ def _word_problem(rng: random.Random, i: int) -> tuple[str, str, str]:
     return kind, f"{q} Answer in dollars. {NUMBER_SUFFIX}", str(value)
 
 
+_JSON_FIELDS = ("age", "price", "count", "year", "score", "stock", "floor", "rank")
+_JSON_NAMES = ("Ann", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana")
+
+
+def _json_extraction(rng: random.Random, i: int) -> tuple[str, str, str]:
+    """A small JSON object and one numeric field to read; odd items nest it one level."""
+    keys = rng.sample(_JSON_FIELDS, 3)
+    values = [rng.randint(2, 999) for _ in keys]
+    record: dict[str, object] = {
+        "name": rng.choice(_JSON_NAMES),
+        **dict(zip(keys, values, strict=True)),
+    }
+    target = rng.randrange(3)
+    path = keys[target]
+    if i % 2:
+        record = {"id": rng.randint(100, 999), "item": record}
+        kind, path = "nested", f"item.{path}"
+    else:
+        kind = "flat"
+    text = json.dumps(record)
+    prompt = f'What is the value of "{path}" in this JSON object?\n{text}\n{NUMBER_SUFFIX}'
+    return kind, prompt, str(values[target])
+
+
 Maker = Callable[[random.Random, int], tuple[str, str, str]]
 FamilyInfo = tuple[str, Maker, AnswerFormat, Difficulty, str]  # prefix, maker, format, ..., class
 _ALL: dict[str, FamilyInfo] = {
@@ -217,11 +244,12 @@ _ALL: dict[str, FamilyInfo] = {
     "two_step_arithmetic": ("arith2", _two_step_arithmetic, "last_number", "hard", "multi-step"),
     "long_arithmetic": ("long", _long_arithmetic, "last_number", "hard", "arithmetic"),
     "word_problem": ("word", _word_problem, "last_number", "hard", "multi-step"),
+    "json_extraction": ("json", _json_extraction, "last_number", "easy", "lookup"),
 }
 FAMILIES: dict[str, tuple[str, Maker, AnswerFormat]] = {
     f: info[:3] for f, info in list(_ALL.items())[:6]
 }  # the benchmark's families, in its order
-EXTRA_FAMILIES = tuple(list(_ALL)[6:])
+EXTRA_FAMILIES = tuple(f for f in list(_ALL)[6:] if _ALL[f][3] == "hard")
 DIFFICULTY: dict[str, Difficulty] = {f: info[3] for f, info in _ALL.items()}
 REQUEST_CLASS: dict[str, str] = {f: info[4] for f, info in _ALL.items()}
 EASY_FAMILIES = tuple(f for f, d in DIFFICULTY.items() if d == "easy")

@@ -1,15 +1,21 @@
-"""`deliberate calibrate` against the real vLLM-CPU backend: 6 generated items × 2 routes × 1
-budget through the in-process gateway, every artefact written, the calibrated file valid."""
+"""`deliberate calibrate` against the real vLLM-CPU backend: generated items × 2 routes × 1
+budget through the in-process gateway, every artefact written, the calibrated file valid
+(`deliberate check-config`), and `auto` on the written policy beating greedy on held-out items
+(questions and phrasings calibration never saw)."""
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from gateway.calibrate import run_calibration
-from routing.evalset import make_eval_set
+from routing.evalset import EvalItem, make_eval_set
 from routing.loader import load_config
 
 pytestmark = pytest.mark.integration
@@ -17,38 +23,75 @@ pytestmark = pytest.mark.integration
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
 
 
+CHECKABLE = ("long_arithmetic", "two_step_arithmetic")
+LOCAL = "http://127.0.0.1:8000"
+
+
+def uncalibrated(text: str) -> str:
+    """The policy file without what calibration wrote (measured tables, predictor path)."""
+    y = YAML(typ="rt")
+    doc = y.load(text)
+    for route in doc["routes"]:
+        route.pop("measured", None)
+    doc["policy"].pop("predictor", None)
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    return buf.getvalue()
+
+
+def checkable(n: int, split: Literal["fit", "heldout"]) -> list[EvalItem]:
+    """``n`` hard items the arithmetic check can judge (where a ladder can pay), of ``split``."""
+    items = [i for i in make_eval_set(8 * n, 0, 1.0, split) if i.family in CHECKABLE]
+    return items[:n]
+
+
 @pytest.mark.anyio
 async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
-    raw = yaml.safe_load(SHIPPED_CONFIG.read_text())
-    for pool in raw["backends"]:
-        pool["replicas"] = [backend_url]
-    config = tmp_path / "routes.yaml"
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    items = make_eval_set(6, seed=0, hard_share=0.3)
+    config = tmp_path / "routes.yaml"  # the shipped file, comments and all, on this backend
+    config.write_text(uncalibrated(SHIPPED_CONFIG.read_text()).replace(LOCAL, backend_url))
+    items = [*make_eval_set(4, seed=0, hard_share=0.0), *checkable(8, "fit")]
+    heldout = checkable(8, "heldout")
     out = tmp_path / "calibration"
     routes = ["single-pass", "greedy-ladder"]
 
-    report = await run_calibration(config, items, routes, [32], out, 2, progress=False)
+    report = await run_calibration(
+        config, items, routes, [48], out, 2, progress=False, heldout=heldout
+    )
 
-    assert report.sent == 12 and len(report.outcomes) == 12
+    assert report.sent == 24 and len(report.outcomes) == 24
     for o in report.outcomes:
         assert o.error is None, o
         assert o.tokens > 0 and o.generated > 0 and o.latency_ms > 0, o
         # No TTFT only when the model answered nothing visible (SmolLM2 sometimes stops at once).
         assert o.ttft_ms is None or 0 < o.ttft_ms <= o.latency_ms, o
-    assert sum(o.ttft_ms is not None for o in report.outcomes) >= 9
-    # every candidate the ladder drew is generated and counted; its answer's cap holds
-    assert all(o.visible_tokens <= 32 for o in report.outcomes)
-    assert report.chosen == {"greedy-ladder": 32, "single-pass": 32}
+    assert sum(o.ttft_ms is not None for o in report.outcomes) >= 18
+    assert report.chosen == {"greedy-ladder": 48, "single-pass": 48}
     for name in ("eval.md", "eval.csv", "eval.json", "accuracy-all.png", "results.jsonl"):
         assert (out / name).stat().st_size > 0, name
     assert report.plots and all(p.stat().st_size > 0 for p in report.plots)
+    # The written default passes check-config and kept the shipped file's knob comments.
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(report.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    written = report.config_path.read_text()
+    assert "# Route-owned sampling, applied to every backend call of the route." in written
     cfg = load_config(report.config_path)
-    assert cfg.route("greedy-ladder").budget.max_visible_tokens == 32
+    assert cfg.route("greedy-ladder").budget.max_visible_tokens == 48
     for name in routes:
         measured = cfg.route(name).measured["all"]
-        assert measured.items == 6 and measured.budget == 32 and measured.tokens > 0
+        assert measured.items == 12 and measured.budget == 48 and measured.tokens > 0
     assert report.predictor_path is not None and report.predictor_path.stat().st_size > 0
+
+    # auto on the written policy beats greedy on held-out items: the ladder keeps every
+    # answer the check accepts and replaces only those it rejects
+    assert report.heldout is not None
+    diff, _, _ = report.heldout.diff
+    by = {(o.item_id, o.route): o.correct for o in report.heldout.outcomes}
+    tally = {m: sum(by[(i.id, m)] for i in heldout) for m in ("auto", "single-pass")}
+    assert all(o.error is None for o in report.heldout.outcomes), report.heldout.outcomes
+    assert diff > 0 and tally["auto"] > tally["single-pass"], (tally, report.ladders)
 
     # The calibrated policy, hot-reloaded into a RUNNING gateway, routes `model: "auto"` by it.
     import shutil

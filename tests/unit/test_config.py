@@ -37,6 +37,7 @@ def test_shipped_configs_are_valid() -> None:
     assert cfg.default_route == "single-pass"
     assert [r.name for r in cfg.routes] == [
         "single-pass",
+        "sampled-single-pass",
         "greedy-ladder",
         "confidence-ladder",
         "bounded-reasoning",

@@ -12,6 +12,7 @@ import pytest
 
 from routing import evalset, tasks
 from routing.evalset import EvalItem, EvalSetError, check_answer, make_eval_set
+from routing.phrasing import rephrase
 
 # --- the benchmark's suite is pinned: published numbers depend on these exact outputs ----------
 
@@ -114,6 +115,7 @@ def test_request_classes_per_family() -> None:
         "two_step_arithmetic": "multi-step",
         "long_arithmetic": "arithmetic",
         "word_problem": "multi-step",
+        "json_extraction": "lookup",
     }
 
 
@@ -128,12 +130,15 @@ def test_all_easy_all_hard_and_bad_arguments() -> None:
 
 
 def test_shares_the_benchmark_streams() -> None:
-    """An eval item of a benchmark family is the benchmark's task with the same id."""
+    """An eval item of a benchmark family is the benchmark's task with the same id, worded
+    by its template (template 0: the benchmark's own text)."""
     suite = {t.id: t for t in tasks.make_suite(120, seed=5)}
     for item in make_eval_set(60, seed=5):
         if item.id in suite:
-            assert item.messages[0]["content"] == suite[item.id].prompt
-            assert item.reference == suite[item.id].reference
+            task = suite[item.id]
+            template = int(item.tags[1].removeprefix("template:"))
+            assert item.messages[0]["content"] == rephrase(task.family, task.prompt, template)
+            assert item.reference == task.reference
 
 
 def _expected(prompt: str) -> str:

@@ -7,9 +7,11 @@ never saw — ``deliberate calibrate`` fits on the "fit" split and checks itself
 serves (``configs/routes.yaml``, read when the run starts; ``--config`` picks another) against
 the real vLLM backend it names. Every item goes to ``auto`` and to every fixed route:
 ``single-pass`` (greedy: the client sets no temperature, the route's own sampling is T=0),
-``greedy-ladder``, ``confidence-ladder``, ``best-of-n`` (n=8), ``best-of-16-checked`` (bench
-only: a copy of ``best-of-n`` with n=16, the weighted selector and the arithmetic verifier),
-``self-consistency``, ``adaptive-consistency`` and ``adaptive-confidence``. In memory only,
+``sampled-single-pass`` (T=0.8), ``greedy-ladder``, ``confidence-ladder``,
+``bounded-reasoning``, ``best-of-n`` (n=8), ``best-of-16-checked`` (bench only: a copy of
+``best-of-n`` with n=16, the weighted selector and the arithmetic verifier),
+``self-consistency``, ``adaptive-consistency``, ``adaptive-confidence``, ``refine`` and
+``prm-search``. In memory only,
 every route's deadline is raised to 600 s (load must not cut a route short) and
 ``limits.max_n`` to the largest n any route uses. The client sends ``model``, ``messages`` and
 ``max_tokens`` — nothing else, like a new user.
@@ -61,13 +63,17 @@ GREEDY = "single-pass"
 CHECKED = "best-of-16-checked"
 FIXED = (
     GREEDY,
+    "sampled-single-pass",
     "greedy-ladder",
     "confidence-ladder",
+    "bounded-reasoning",
     "best-of-n",
     CHECKED,
     "self-consistency",
     "adaptive-consistency",
     "adaptive-confidence",
+    "refine",
+    "prm-search",
 )
 LABELS = {GREEDY: "greedy single-pass"}
 DEADLINE_S = 600.0

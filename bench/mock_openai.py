@@ -10,7 +10,8 @@ the gateway to treat it as a replica:
   ``"stream": true`` a few SSE ``data:`` chunks (role, content, finish) then ``data: [DONE]``,
   plus a usage-only chunk before ``[DONE]`` when ``stream_options.include_usage`` is true.
   ``n`` > 1 gives ``n`` choices (``CANDIDATE_TEXTS`` in turn, so a vote has something to
-  count and the arithmetic checker something to check); ``usage`` counts every choice.
+  count and the arithmetic checker something to check); ``usage`` counts every choice, and
+  ``"return_token_ids": true`` adds each choice's ``token_ids`` (as vLLM does).
 
 A stream sends one one-token content chunk per ``max_tokens`` (one when it is absent; at
 most ``MAX_STREAM_TOKENS``), so ``max_tokens: 1000`` is a 1,000-chunk stream for the soak
@@ -89,23 +90,28 @@ def models_body(model: str, max_model_len: int = MAX_MODEL_LEN) -> bytes:
     return _dumps({"object": "list", "data": [card]})
 
 
-def completion_body(model: str, n: int = 1) -> bytes:
-    """A non-streaming ``chat.completion`` with ``n`` choices and ``usage``."""
+def completion_body(model: str, n: int = 1, token_ids: bool = False) -> bytes:
+    """A non-streaming ``chat.completion`` with ``n`` choices and ``usage``; ``token_ids``
+    adds each choice's generated token ids."""
+    choices: list[dict[str, Any]] = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": choice_text(i, n)},
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+        for i in range(n)
+    ]
+    if token_ids:
+        for choice in choices:
+            choice["token_ids"] = list(range(1, COMPLETION_TOKENS + 1))
     return _dumps(
         {
             "id": f"chatcmpl-mock-{next(_ids)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": choice_text(i, n)},
-                    "logprobs": None,
-                    "finish_reason": "length",
-                }
-                for i in range(n)
-            ],
+            "choices": choices,
             "usage": _usage(n * COMPLETION_TOKENS),
         }
     )
@@ -200,7 +206,8 @@ async def _chat(
     if delay_s > 0:
         await asyncio.sleep(delay_s)  # a backend that takes its time (first token)
     if not payload.get("stream"):
-        await _respond(send, 200, completion_body(model, n))
+        ids = payload.get("return_token_ids") is True
+        await _respond(send, 200, completion_body(model, n, ids))
         return
     opts = payload.get("stream_options")
     include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))

@@ -248,21 +248,29 @@ class KindStats:
 def check_answer(route: str, status: int, body: bytes, samples: int) -> str | None:
     """None when the gateway's answer is what the mock and the route make of it, else why not.
 
-    single-pass: the mock's one-token answer, passed through. best-of-n: ``samples``
-    candidates in one backend call, the 3:1 vote for 2 won (the mock's ``CANDIDATE_TEXTS``).
+    single-pass: the mock's one-token answer and usage, passed through. best-of-n: ``samples``
+    one-token candidates in one backend call, the 3:1 vote for 2 won (the mock's
+    ``CANDIDATE_TEXTS``), charged as 1 visible + ``samples - 1`` hidden tokens.
     """
     if status != 200:
         return f"HTTP {status}: {body[:200]!r}"
     try:
         data = orjson.loads(body)
         content = data["choices"][0]["message"]["content"]
+        usage = data["usage"]
+        generated = usage["completion_tokens"]
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as e:
         return f"unreadable answer ({type(e).__name__}): {body[:200]!r}"
     if route == SINGLE_ROUTE:
-        return None if content == "Hi" else f"single-pass answered {content!r}"
+        if content != "Hi" or generated != 1:
+            return f"single-pass answered {content!r} for {generated} tokens"
+        return None
     info = data.get("deliberate") or {}
     if info.get("samples") != samples or info.get("backend_calls") != 1:
         return f"best-of-n used {info.get('samples')} samples in {info.get('backend_calls')} calls"
+    hidden = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    if generated != samples or hidden != samples - 1:
+        return f"best-of-n charged {generated} tokens, {hidden} hidden, for {samples} samples"
     return None if content == "1 + 1 = 2" else f"best-of-n chose {content!r}"
 
 

@@ -221,3 +221,12 @@ async def test_chunk_interval_paces_the_stream() -> None:
         elapsed = time.perf_counter() - t0
     assert len(_events(r.content)) == 8  # role, 5 content, finish, [DONE]
     assert elapsed >= 0.05
+
+
+@pytest.mark.anyio
+async def test_token_ids_only_when_asked() -> None:
+    async with _client() as client:
+        plain = await client.post("/v1/chat/completions", json=_chat_body(n=2))
+        ids = await client.post("/v1/chat/completions", json=_chat_body(n=2, return_token_ids=True))
+    assert all("token_ids" not in c for c in plain.json()["choices"])
+    assert [c["token_ids"] for c in ids.json()["choices"]] == [[1], [1]]

@@ -73,22 +73,34 @@ def test_bench_config_refuses_a_policy_without_the_routes() -> None:
         soak.bench_config(no_route, "http://x")
 
 
-def _answer(content: str, **deliberate: Any) -> bytes:
-    body: dict[str, Any] = {"choices": [{"message": {"content": content}}]}
+def _answer(content: str, tokens: int = 1, hidden: int = 0, **deliberate: Any) -> bytes:
+    usage = {"completion_tokens": tokens, "completion_tokens_details": {"reasoning_tokens": hidden}}
+    body: dict[str, Any] = {"choices": [{"message": {"content": content}}], "usage": usage}
     if deliberate:
         body["deliberate"] = deliberate
     return orjson.dumps(body)
 
 
-def test_check_answer() -> None:
+def test_check_answer_single_pass() -> None:
     check = soak.check_answer
     assert check("single-pass", 200, _answer("Hi"), 8) is None
-    assert "answered" in check("single-pass", 200, _answer("Ho"), 8)
+    assert "answered 'Ho'" in check("single-pass", 200, _answer("Ho"), 8)
+    assert "for 2 tokens" in check("single-pass", 200, _answer("Hi", tokens=2), 8)
     assert "HTTP 503" in check("single-pass", 503, b'{"error": {}}', 8)
     assert "unreadable" in check("single-pass", 200, b"{}", 8)
-    assert check("best-of-n", 200, _answer("1 + 1 = 2", samples=8, backend_calls=1), 8) is None
-    assert "chose" in check("best-of-n", 200, _answer("1 + 1 = 3", samples=8, backend_calls=1), 8)
-    assert "4 samples" in check("best-of-n", 200, _answer("1 + 1 = 2", samples=4), 8)
+
+
+def test_check_answer_best_of_n() -> None:
+    def best(content: str = "1 + 1 = 2", tokens: int = 8, hidden: int = 7, **info: Any) -> bytes:
+        return _answer(content, tokens, hidden, **({"samples": 8, "backend_calls": 1} | info))
+
+    check = soak.check_answer
+    assert check("best-of-n", 200, best(), 8) is None
+    assert "chose" in check("best-of-n", 200, best("1 + 1 = 3"), 8)
+    assert "4 samples" in check("best-of-n", 200, best(samples=4), 8)
+    assert "2 calls" in check("best-of-n", 200, best(backend_calls=2), 8)
+    assert "8 hidden" in check("best-of-n", 200, best(hidden=8), 8)  # nothing visible
+    assert "charged 16" in check("best-of-n", 200, best(tokens=16), 8)
 
 
 def test_stream_bodies_send_the_mock_the_same_work() -> None:

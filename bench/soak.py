@@ -18,7 +18,9 @@ access log is on (``DELIBERATE_LOG_LEVEL=info``, lines go to the gateway's log f
    to the mock (the baseline), then through the gateway's ``single-pass`` route; both sides
    send the mock the same body (the gateway adds ``temperature: 0`` and
    ``stream_options.include_usage``, so the direct side sends them itself);
-5. settle again, then the final sample.
+5. settle again, then the final sample (``--stream-rounds`` N repeats the gateway streams N
+   times, each followed by a settle and a reading: a leak grows every round, a high-water
+   mark only once; the figures use round 1).
 
 A sampler reads the gateway's RSS (``VmRSS``) and open fds from /proc every
 ``--sample-every-s`` for the whole run (the time series is in the JSON).
@@ -439,6 +441,7 @@ class Options:
     concurrency: int
     streams: int
     chunks: int
+    stream_rounds: int
     chunk_interval_ms: float
     warmup_requests: int
     warmup_chunks: int
@@ -497,16 +500,18 @@ async def soak(
         direct = await measured_streams(
             mock_url + chat, stream_body(MOCK_MODEL, opts.chunks, True), opts, gw_pid, mock_pid
         )
-        phase(f"streams: {opts.streams} x {opts.chunks} chunks, through the gateway")
-        peak_task = asyncio.create_task(sample_midway(probe, opts))
-        gateway = await measured_streams(
-            gw_url + chat, stream_body(SINGLE_ROUTE, opts.chunks, False), opts, gw_pid, mock_pid
-        )
-        await peak_task
-        probe.take("after_streams")
-        await settle(opts.settle_s)
-        final = probe.take("final")
-        console.print(f"  final: {describe(final)}")
+        rounds: list[StreamSide] = []
+        for r in range(1, opts.stream_rounds + 1):
+            of = f" (round {r}/{opts.stream_rounds})" if opts.stream_rounds > 1 else ""
+            phase(f"streams: {opts.streams} x {opts.chunks} chunks, through the gateway{of}")
+            peak_task = asyncio.create_task(sample_midway(probe, opts, r))
+            body = stream_body(SINGLE_ROUTE, opts.chunks, False)
+            rounds.append(await measured_streams(gw_url + chat, body, opts, gw_pid, mock_pid))
+            await peak_task
+            probe.take("after_streams" if r == 1 else f"after_streams_{r}")
+            await settle(opts.settle_s)
+            settled = probe.take("final" if r == opts.stream_rounds else f"settled_{r}")
+            console.print(f"  {settled.label}: {describe(settled)}")
     finally:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -519,15 +524,16 @@ async def soak(
             "gateway_cpu_ms_per_request": load_cpu / max(len(plan), 1) * 1000,
             "kinds": {k: v.summary(load_wall) for k, v in load.items()},
         },
-        "streams": {"direct": stream_summary(direct), "gateway": stream_summary(gateway)},
+        "streams": {"direct": stream_summary(direct), "gateway": stream_summary(rounds[0])},
+        "extra_gateway_rounds": [stream_summary(side) for side in rounds[1:]],
         "samples": [asdict(s) for s in probe.samples],
     }
 
 
-async def sample_midway(probe: Probe, opts: Options) -> None:
-    """A labelled reading halfway through the gateway stream phase (all streams open)."""
+async def sample_midway(probe: Probe, opts: Options, stream_round: int) -> None:
+    """A labelled reading halfway through a gateway stream round (all streams open)."""
     await asyncio.sleep(opts.chunks * opts.chunk_interval_ms / 1000 / 2)
-    probe.take("mid_streams")
+    probe.take("mid_streams" if stream_round == 1 else f"mid_streams_{stream_round}")
 
 
 async def settle(seconds: float) -> None:
@@ -552,17 +558,21 @@ def figures(measured: dict[str, Any]) -> dict[str, Any]:
     rss_growth_mb = (final["rss_bytes"] - base["rss_bytes"]) / MB
     peak_rss = max(s["rss_bytes"] for s in measured["samples"])
     client_per_event = direct["client_cpu_us_per_event"]
+    extra = measured.get("extra_gateway_rounds", [])
     errors = (
         sum(k["errors"] for k in measured["load"]["kinds"].values())
         + direct["errors"]
         + gateway["errors"]
+        + sum(side["errors"] for side in extra)
     )
+    settled = [s for s in measured["samples"] if s["label"].startswith("settled_")]
     return {
         "rss_baseline_mb": base["rss_bytes"] / MB,
         "rss_after_load_mb": by_label["after_load"]["rss_bytes"] / MB,
         "rss_final_mb": final["rss_bytes"] / MB,
         "rss_peak_mb": peak_rss / MB,
         "rss_growth_mb": rss_growth_mb,
+        "rss_after_each_stream_round_mb": [s["rss_bytes"] / MB for s in [*settled, final]],
         "rss_target_mb": RSS_TARGET_MB,
         "rss_target_met": rss_growth_mb <= RSS_TARGET_MB,
         "fds_start": by_label["start"]["fds"],
@@ -640,6 +650,18 @@ def summary_rows(fig: dict[str, Any]) -> list[list[str]]:
         return "[green]met[/green]" if met else "[red]NOT met[/red]"
 
     ratio = fig["cpu_per_chunk_ratio"]
+    per_round = fig.get("rss_after_each_stream_round_mb", [])
+    rounds = (
+        [
+            [
+                "RSS after each gateway stream round",
+                " / ".join(f"{x:.1f}" for x in per_round) + " MB",
+                "a leak grows every round",
+            ]
+        ]
+        if len(per_round) > 1
+        else []
+    )
     return [
         [
             "RSS growth after warm-up",
@@ -652,6 +674,7 @@ def summary_rows(fig: dict[str, Any]) -> list[list[str]]:
             f"{fig['rss_final_mb']:.1f} / {fig['rss_peak_mb']:.1f} MB",
             "",
         ],
+        *rounds,
         [
             "open fds start / baseline / mid-streams / final",
             f"{fig['fds_start']} / {fig['fds_baseline']} / {fig['fds_mid_streams']} / "
@@ -728,6 +751,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--streams", type=int, help="Concurrent long streams (256; 16 quick).")
     p.add_argument("--chunks", type=int, help="Content chunks per stream (1000; 50 quick).")
     p.add_argument(
+        "--stream-rounds",
+        type=int,
+        default=1,
+        help="Gateway stream rounds, each followed by a settle and a reading (1): a leak "
+        "grows with every round, a high-water mark only once. Figures use round 1.",
+    )
+    p.add_argument(
         "--chunk-interval-ms",
         type=float,
         help="The mock's pause between chunks (50, i.e. 20 tokens/s per stream; 2 quick).",
@@ -756,6 +786,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         concurrency=a.concurrency,
         streams=pick(a.streams, 256, 16),
         chunks=pick(a.chunks, 1000, 50),
+        stream_rounds=a.stream_rounds,
         chunk_interval_ms=pick(a.chunk_interval_ms, 50.0, 2.0),
         warmup_requests=pick(a.warmup_requests, 600, 24),
         warmup_chunks=pick(a.warmup_chunks, 20, 5),
@@ -768,6 +799,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     if min(opts.single, opts.best_of_n) < 0 or min(opts.concurrency, opts.streams) < 1:
         p.error("request counts must be >= 0, concurrency and streams >= 1")
+    if opts.stream_rounds < 1:
+        p.error("--stream-rounds must be >= 1")
     if opts.chunks < 2 or opts.warmup_chunks < 1:
         p.error("--chunks must be >= 2 (a gap needs two chunks), --warmup-chunks >= 1")
     return opts

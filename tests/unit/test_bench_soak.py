@@ -245,3 +245,15 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert fig["cpu_per_chunk_ratio"] > 0
     labels = [s["label"] for s in report["samples"] if s["label"]]
     assert labels == ["start", "baseline", "after_load", "mid_streams", "after_streams", "final"]
+
+
+def test_extra_stream_rounds_count_errors_and_show_rss_per_round() -> None:
+    measured = _measured(final_rss_mb=86)
+    measured["samples"][-1:-1] = [_sample("settled_1", 84, 30), _sample("settled_2", 85, 30)]
+    measured["extra_gateway_rounds"] = [_side(0, 50, 1, 1), _side(2, 50, 1, 1)]
+    fig = soak.figures(measured)
+    assert fig["errors"] == 3  # 1 in the load phase, 2 in the third round
+    assert fig["rss_after_each_stream_round_mb"] == pytest.approx([84, 85, 86])
+    [row] = [r for r in soak.summary_rows(fig) if r[0] == "RSS after each gateway stream round"]
+    assert row[1] == "84.0 / 85.0 / 86.0 MB"
+    assert not [r for r in soak.summary_rows(soak.figures(_measured(80))) if "round" in r[0]]

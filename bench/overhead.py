@@ -74,7 +74,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import orjson
@@ -100,6 +100,7 @@ PROMPT = "Reply with one word: hello."
 BACKEND_URL_ENV = "DELIBERATE_BENCH_BACKEND_URL"
 
 Side = Literal["direct", "gateway"]
+T = TypeVar("T")
 # A wide console when piped, so the results table is never truncated.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -748,11 +749,13 @@ def gateway_config(mock_url: str, vllm: tuple[str, str] | None) -> dict[str, Any
 
 
 @contextlib.contextmanager
-def mock_server(log_dir: Path) -> Iterator[tuple[str, int]]:
-    """The mock on a free port; yields (base URL, pid)."""
+def mock_server(log_dir: Path, extra_args: Sequence[str] = ()) -> Iterator[tuple[str, int]]:
+    """The mock on a free port (``extra_args`` appended to its command line); yields
+    (base URL, pid)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, str(MOCK_SCRIPT), "--port", str(port), "--model", MOCK_MODEL]
+    argv += extra_args
     with service("mock", argv, url + "/health", log_dir) as proc:
         yield url, proc.pid
 
@@ -766,19 +769,23 @@ def write_config(config: dict[str, Any], directory: Path, name: str = "routes.ya
 
 @contextlib.contextmanager
 def gateway_server(
-    config: dict[str, Any], log_dir: Path, name: str = "gateway"
+    config: dict[str, Any],
+    log_dir: Path,
+    name: str = "gateway",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
     """``deliberate serve`` (as ``python -m gateway``) on a free port; yields (URL, pid).
 
     Its lifespan probes every pool before serving, so once ``/health`` answers the pools
     already know their replicas' ``max_model_len``. Config and log: ``log_dir/<name>.*``.
+    ``extra_env`` overrides the environment (``DELIBERATE_LOG_LEVEL`` is ``warning``).
     """
     path = write_config(config, log_dir, f"{name}.yaml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
-    with service(name, argv, url + "/health", log_dir) as proc:
+    with service(name, argv, url + "/health", log_dir, extra_env=extra_env) as proc:
         yield url, proc.pid
 
 
@@ -1098,7 +1105,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_event_loop(coro: Coroutine[Any, Any, list[Comparison]]) -> list[Comparison]:
+def run_event_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run the load generator on uvloop when available (cheaper per request than asyncio's)."""
     try:
         import uvloop

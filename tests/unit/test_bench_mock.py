@@ -172,3 +172,61 @@ def test_lifespan_startup_and_shutdown_complete() -> None:
         return sent
 
     assert asyncio.run(run()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@pytest.mark.anyio
+async def test_n_choices_vote_three_to_one_and_usage_counts_every_choice() -> None:
+    async with _client() as client:
+        r = await client.post("/v1/chat/completions", json=_chat_body(n=8))
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == list(range(8))
+    texts = [c["message"]["content"] for c in body["choices"]]
+    assert texts.count("1 + 1 = 2") == 6
+    assert texts.count("1 + 1 = 3") == 2
+    assert body["usage"]["completion_tokens"] == 8
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 8
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("n", [0, -1, 10**9, "2", True, 1.5])
+async def test_bad_n_is_400(n: object) -> None:
+    async with _client() as client:
+        r = await client.post("/v1/chat/completions", json=_chat_body(n=n))
+    assert r.status_code == 400
+    assert "n must be" in r.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_stream_sends_one_content_chunk_per_max_token() -> None:
+    body = _chat_body(stream=True, max_tokens=1000, stream_options={"include_usage": True})
+    async with _client() as client:
+        r = await client.post("/v1/chat/completions", json=body)
+    payloads = _events(r.content)
+    # role, 1000 content chunks, finish, usage, [DONE]
+    assert len(payloads) == 1004
+    assert payloads[-1] == b"[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks[1:1001]]
+    assert contents == ["Hi"] * 1000
+    assert chunks[1001]["choices"][0]["finish_reason"] == "length"
+    assert chunks[1002]["usage"]["completion_tokens"] == 1000
+
+
+@pytest.mark.anyio
+async def test_chunk_interval_paces_the_stream() -> None:
+    transport = httpx.ASGITransport(app=mock.make_app(chunk_interval_s=0.01))
+    async with httpx.AsyncClient(transport=transport, base_url="http://mock") as client:
+        t0 = time.perf_counter()
+        r = await client.post("/v1/chat/completions", json=_chat_body(stream=True, max_tokens=5))
+        elapsed = time.perf_counter() - t0
+    assert len(_events(r.content)) == 8  # role, 5 content, finish, [DONE]
+    assert elapsed >= 0.05
+
+
+@pytest.mark.anyio
+async def test_token_ids_only_when_asked() -> None:
+    async with _client() as client:
+        plain = await client.post("/v1/chat/completions", json=_chat_body(n=2))
+        ids = await client.post("/v1/chat/completions", json=_chat_body(n=2, return_token_ids=True))
+    assert all("token_ids" not in c for c in plain.json()["choices"])
+    assert [c["token_ids"] for c in ids.json()["choices"]] == [[1], [1]]

@@ -115,3 +115,22 @@ async def test_backend_series_on_the_gateway_metrics(gateway: Factory) -> None:
     assert 'deliberate_backend_up{pool="default",replica="http://replica-a:8000"} 1.0' in text
     assert "deliberate_backend_kv_usage_ratio{" in text
     assert 'deliberate_inter_token_latency_seconds_count{route="single-pass"}' in text
+
+
+def test_stream_gaps_are_kept_compactly_and_all_recorded() -> None:
+    ctx = RequestContext("rid", route="single-pass", strategy="single-pass")
+    ctx.mark_first_token()
+    for _ in range(1000):
+        ctx.mark_token()
+    gaps = ctx.token_gaps_s
+    assert len(gaps) == 1000 and min(gaps) >= 0
+    assert gaps.itemsize == 8  # C doubles, not a list of float objects
+    rec = ctx.finish()
+    assert rec is not None
+    reg = CollectorRegistry()
+    m = Metrics(reg, "1.2.3")
+    m.record(rec)
+    labels = {"route": "single-pass"}
+    assert reg.get_sample_value("deliberate_inter_token_latency_seconds_count", labels) == 1000
+    total = reg.get_sample_value("deliberate_inter_token_latency_seconds_sum", labels)
+    assert total == pytest.approx(sum(gaps))

@@ -77,6 +77,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.sse import EventSplitter
+from routing.loader import anchored
 
 SHIPPED_POLICY = REPO_ROOT / "configs" / "routes.yaml"
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "soak.json"
@@ -811,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # same teardown as Ctrl-C
     started = time.monotonic()
     load_before = os.getloadavg()
-    policy = yaml.safe_load(opts.policy.read_text())
+    policy = anchored(yaml.safe_load(opts.policy.read_text()), opts.policy.parent)
     try:
         with contextlib.ExitStack() as stack:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dlb-soak-")))

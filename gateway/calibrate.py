@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -59,7 +60,7 @@ class CalibrationReport:
     config_path: Path
     predictor_path: Path | None
     plots: list[Path]
-    ladders: dict[str, str]  # class → the ladder it climbs (chosen by measured gain)
+    escalations: dict[str, cal.Escalation]  # per class: the route that measured a gain
     heldout: HeldOutCheck | None
 
 
@@ -283,8 +284,9 @@ async def run_calibration(
     if predictor_path is not None:
         rel = os.path.relpath(predictor_path.resolve(), config_out.resolve().parent)
     ladders = [r.name for r in cfg.routes if r.escalate_to and r.name in routes]
-    class_ladders = cal.choose_ladders(raw, cells, chosen, ladders)
-    calibrated = cal.apply_ladders(cal.updated_config(raw, cells, chosen, rel), class_ladders)
+    voters = [r.name for r in cfg.routes if r.strategy != "single-pass" and r.name in routes]
+    escalations = cal.choose_escalations(raw, cells, chosen, ladders, voters)
+    calibrated = cal.apply_escalations(cal.updated_config(raw, cells, chosen, rel), escalations)
     note = f"{HEADER} from {config_path.name} ({len(items)} items; see {out}/eval.md)."
     kept = "".join(line for line in source.splitlines(True) if not line.startswith(HEADER))
     text = rewrite(kept, calibrated, note)
@@ -300,7 +302,7 @@ async def run_calibration(
         )
         with (out / HELDOUT_FILE).open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(o.to_json()) + "\n" for o in check.outcomes)
-    _write_tables(out, cells, chosen, slos, class_ladders, check)
+    _write_tables(out, cells, chosen, slos, escalations, check)
     plots = plot_accuracy(cells, out, chosen, check.cells if check else ())
     return CalibrationReport(
         out_dir=out,
@@ -312,7 +314,7 @@ async def run_calibration(
         config_path=config_out,
         predictor_path=predictor_path,
         plots=plots,
-        ladders=class_ladders,
+        escalations=escalations,
         heldout=check,
     )
 
@@ -355,7 +357,7 @@ def _write_tables(
     cells: list[cal.Cell],
     chosen: dict[str, int | None],
     slos: dict[str, float | None],
-    ladders: dict[str, str],
+    escalations: dict[str, cal.Escalation],
     check: HeldOutCheck | None,
 ) -> None:
     text = (
@@ -363,9 +365,15 @@ def _write_tables(
         + cal.markdown_table(cells, chosen)
         + "\nChosen budget per route (best accuracy whose p95 latency meets the SLO): "
         + ", ".join(f"{r}: {b} (SLO {slos.get(r)} ms)" for r, b in chosen.items())
-        + "\n\nLadder per class (the largest measured gain over the cheap route, at least "
-        + "the class's min_gain): "
-        + (", ".join(f"{c}: {r}" for c, r in ladders.items()) or "none pays")
+        + "\n\nEscalation per class (the largest measured gain over the cheap route, at least "
+        + "the class's min_gain; it becomes the class's gain-rule escalation): "
+        + (
+            ", ".join(
+                f"{c}: {e.route} ({'ladder' if e.ladder else 'multi-sample'}, {e.gain:+.3f})"
+                for c, e in escalations.items()
+            )
+            or "nothing pays"
+        )
         + "\n"
     )
     if check is not None:
@@ -383,7 +391,7 @@ def _write_tables(
         "cells": [c.to_json() for c in cells],
         "chosen": chosen,
         "slo_ms": slos,
-        "ladders": ladders,
+        "escalations": {c: dataclasses.asdict(e) for c, e in escalations.items()},
         "heldout": check.to_json() if check else None,
     }
     (out / "eval.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -402,7 +402,8 @@ def calibrate(
     errors = sum(o.error is not None for o in report.outcomes)
     Console(soft_wrap=True).print(
         f"{len(report.outcomes)} outcomes ({report.sent} measured now, {errors} errors); "
-        f"chosen budgets: {report.chosen}; ladders per class: {report.ladders}\n"
+        f"chosen budgets: {report.chosen}; per class: "
+        f"{ {c: e.route for c, e in report.escalations.items()} }\n"
         f"wrote {out}/eval.md, eval.csv, eval.json, {len(report.plots)} plots, "
         f"{report.predictor_path or 'no predictor'}, {report.config_path}",
         markup=False,

@@ -6,8 +6,10 @@ records an ``Outcome`` per (item, route, budget); everything here takes and retu
 How a budget B is applied to a route (``apply_budget``; the same edit makes the variants that
 are measured and the calibrated policy file, so the file says what was measured):
 
-- ``single-pass``: ``budget.max_visible_tokens`` = B (the runner also sends ``max_tokens: B``),
-  so the calibrated route serves answers of the length that was measured.
+- ``single-pass``: the variant measured has ``budget.max_visible_tokens`` = B (the runner also
+  sends ``max_tokens: B``); the calibrated file records B in ``measured`` but does not cap the
+  route — an answer cap on a plain route (the default one, a ladder) would cut every long
+  answer a client asks for, and a client's own ``max_tokens`` still applies.
 - ``bounded-reasoning``: B is the thinking budget (``params.budget``) and the answer cap
   (``params.max_tokens``), so a request generates at most 2B (less under the route's caps).
 - every other strategy: ``params.max_tokens`` = B (per candidate, per step for prm-search).
@@ -248,8 +250,9 @@ def updated_config(
     chosen: Mapping[str, int | None],
     predictor_path: str | None,
 ) -> dict[str, Any]:
-    """A copy of the policy file with, per route with a chosen budget: the budget applied and
-    ``measured`` replaced by the chosen budget's cells (one entry per class, plus ``all``).
+    """A copy of the policy file with, per route with a chosen budget: the budget applied
+    (except to single-pass routes, see the module doc) and ``measured`` replaced by the chosen
+    budget's cells (one entry per class, plus ``all``).
     Routes without a chosen budget are left as they were. ``policy.predictor.path`` is set to
     ``predictor_path`` when given and the file has a ``policy`` section."""
     out = copy.deepcopy(dict(raw))
@@ -257,7 +260,8 @@ def updated_config(
     for route in out["routes"]:
         budget = chosen.get(route["name"])
         if budget is not None:
-            route = apply_budget(route, budget)
+            if route.get("strategy") != "single-pass":
+                route = apply_budget(route, budget)
             route["measured"] = {
                 c.request_class: _measured(c)
                 for c in cells
@@ -275,19 +279,35 @@ def updated_config(
 DEFAULT_MIN_GAIN = 0.05
 
 
-def choose_ladders(
+@dataclass(frozen=True)
+class Escalation:
+    """What calibration found pays for one class: ``route`` (a ladder or a multi-sample
+    route) measured ``gain`` over the cheap route, at quality ``quality``; it becomes the
+    class's gain-rule escalation."""
+
+    route: str
+    ladder: bool
+    quality: float
+    gain: float
+
+
+def choose_escalations(
     raw: Mapping[str, Any],
     cells: Sequence[Cell],
     chosen: Mapping[str, int | None],
     ladders: Sequence[str],
-) -> dict[str, str]:
-    """Per policy class measured in ``cells``: the ladder (among ``ladders``, at its chosen
-    budget) whose accuracy beats the class's cheap route by the most, when by at least the
-    class's ``gain.min_gain`` (default ``DEFAULT_MIN_GAIN``). The cheap route is
-    ``gain.cheap``, else the class's first route. Classes where no ladder pays are absent."""
+    strategies: Sequence[str] = (),
+) -> dict[str, Escalation]:
+    """Per policy class measured in ``cells``: the route (at its chosen budget) whose accuracy
+    beats the class's cheap route by the most, when by at least the class's ``gain.min_gain``
+    (default ``DEFAULT_MIN_GAIN``); ties go to fewer generated tokens. The cheap route is
+    ``gain.cheap``, else the class's first route. Candidates: ``ladders`` (routes with
+    ``escalate_to``) and, when ``strategies`` is given, those multi-sample routes too.
+    Classes where nothing pays are absent."""
     policy = raw.get("policy") or {}
     at = {(c.request_class, c.route): c for c in cells if c.budget == chosen.get(c.route)}
-    out: dict[str, str] = {}
+    pool = [*ladders, *strategies]
+    out: dict[str, Escalation] = {}
     for name, cp in (policy.get("classes") or {}).items():
         gain = cp.get("gain") or {}
         cheap = gain.get("cheap") or (cp.get("routes") or [None])[0]
@@ -296,29 +316,33 @@ def choose_ladders(
             continue
         scored = [
             (at[(name, r)].accuracy - base.accuracy, -at[(name, r)].mean_generated, r)
-            for r in ladders
+            for r in pool
             if (name, r) in at and r != cheap
         ]
         best = max(scored, default=None)
         if best is not None and best[0] >= float(gain.get("min_gain", DEFAULT_MIN_GAIN)):
-            out[name] = best[2]
+            route = best[2]
+            quality = at[(name, route)].accuracy
+            out[name] = Escalation(route, route in ladders, round(quality, 4), round(best[0], 4))
     return out
 
 
-def apply_ladders(raw: Mapping[str, Any], ladders: Mapping[str, str]) -> dict[str, Any]:
-    """A copy of the policy file where each class in ``ladders`` climbs that ladder: its
-    ``gain.ladder`` is set (a ``gain`` section added, cheap = the first route, when missing)
-    and the ladder joins its ``routes``."""
+def apply_escalations(
+    raw: Mapping[str, Any], escalations: Mapping[str, Escalation]
+) -> dict[str, Any]:
+    """A copy of the policy file where each class in ``escalations`` escalates to that route
+    by its gain rule: ``gain.ladder`` is set (a ``gain`` section added, cheap = the first
+    route, when missing) and the route joins the class's ``routes``."""
     out = copy.deepcopy(dict(raw))
     classes = (out.get("policy") or {}).get("classes") or {}
-    for name, ladder in ladders.items():
+    for name, esc in escalations.items():
         cp = classes[name]
         routes = list(cp.get("routes") or [])
         gain = dict(cp.get("gain") or {"cheap": routes[0], "min_gain": DEFAULT_MIN_GAIN})
-        gain["ladder"] = ladder
+        gain["ladder"] = esc.route
         cp["gain"] = gain
-        if ladder not in routes:
-            cp["routes"] = [*routes, ladder]
+        if esc.route not in routes:
+            cp["routes"] = [*routes, esc.route]
     return out
 
 

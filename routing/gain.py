@@ -1,9 +1,17 @@
 """The gain rule (pure): escalate only when the task is verifiable and the predicted gain of
 a ladder over its cheap rung reaches a minimum; skip the cheap rung when it is predicted to
-fail. ``Router.choose`` applies it to classes whose policy has a ``gain`` section."""
+fail. ``Router.choose`` applies it to classes whose policy has a ``gain`` section.
+
+The escalation route is a ladder (it answers on its cheap rung first and climbs only while its
+check rejects the answer) or a multi-sample route (best-of-n, a vote, a search: it always runs
+in full). A ladder is verifiable when its first check can judge the request; a multi-sample
+route when its candidates' answers can be read and compared — the question involves numbers
+or lists lettered options. Open questions ("Name three colours.") never escalate to a vote.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from routing.config import DeliberateConfig, Route
@@ -11,14 +19,23 @@ from routing.decision import CandidateView, GainView
 from routing.policy_config import GainRule
 from strategies.verifiers.arithmetic import is_checkable
 
+_OPTION_LINE = re.compile(r"^\s*\(?[A-H][).:]\s", re.MULTILINE)
+
+
+def answerable(question: str) -> bool:
+    """Whether sampled answers to ``question`` can be read and voted on: it involves numbers
+    or lists at least two lettered options (``A) ...``)."""
+    return any(c.isdigit() for c in question) or len(_OPTION_LINE.findall(question)) >= 2
+
 
 def verifiable(rule: GainRule, ladder: Route, question: str) -> bool:
-    """Whether the ladder's first check can judge an answer to ``question``."""
+    """Whether the escalation route can judge an answer to ``question``: a ladder's first
+    check, else (a multi-sample route) whether its answers can be compared."""
     if rule.verifiable != "auto":
         return rule.verifiable == "always"
     rungs = ladder.escalate_to or []
     if not rungs:
-        return False
+        return answerable(question)
     if rungs[0].verifier == "arithmetic":
         # a plain-arithmetic question is checked against its own value; elsewhere the checker
         # only sees equations the answer writes, which a bare answer does not
@@ -55,6 +72,7 @@ def apply_gain(
         rule.start_high_below is not None
         and p_cheap is not None
         and p_cheap < rule.start_high_below
+        and config.route(rule.ladder).escalate_to  # a multi-sample route has no rungs
     ):
         start = 1
     if gain is None:

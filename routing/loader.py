@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -24,6 +25,21 @@ class ConfigError(Exception):
 
 class ConfigUnreadable(ConfigError):
     """The file could not be read or is not YAML at all (exit code 2 in the CLI)."""
+
+
+def anchored(raw: Mapping[str, Any], config_dir: str | Path) -> dict[str, Any]:
+    """A copy of a policy file's mapping whose relative file references
+    (``policy.predictor.path``) point at the same files from anywhere: made absolute against
+    ``config_dir``, the directory of the file ``raw`` was read from. For tools and tests that
+    write a modified copy of a policy file somewhere else."""
+    out = copy.deepcopy(dict(raw))
+    policy = out.get("policy")
+    predictor = policy.get("predictor") if isinstance(policy, dict) else None
+    if isinstance(predictor, dict) and isinstance(predictor.get("path"), str):
+        path = Path(predictor["path"])
+        if not path.is_absolute():
+            predictor["path"] = str((Path(config_dir) / path).resolve())
+    return out
 
 
 def load_config(path: str | Path) -> DeliberateConfig:

@@ -81,7 +81,10 @@ class GainRule(_Strict):
     """
 
     cheap: Name = Field(description="The cheap route (e.g. greedy single-pass): never escalates.")
-    ladder: Name = Field(description="A route with an escalation ladder whose first rung is cheap.")
+    ladder: Name = Field(
+        description="The escalation route: a ladder (escalate_to; climbs only on a failed "
+        "check) or a multi-sample route (best-of-n, votes, search; runs in full)."
+    )
     min_gain: float = Field(
         0.05, ge=0, le=1, description="Escalate only when the predicted gain reaches this."
     )
@@ -97,7 +100,8 @@ class GainRule(_Strict):
     verifiable: Literal["auto", "always", "never"] = Field(
         "auto",
         description="auto: the ladder's first check must be able to judge this request "
-        "(arithmetic: the question is plain arithmetic; confidence: always).",
+        "(arithmetic: the question is plain arithmetic; confidence: always); for a "
+        "multi-sample route, its answers must be comparable (numbers or lettered options).",
     )
 
 

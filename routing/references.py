@@ -161,9 +161,12 @@ def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str
                 if target not in cp.routes:
                     problems.append((path, f"{target!r} is not one of the class's routes"))
             ladder = next((r for r in cfg.routes if r.name == cp.gain.ladder), None)
-            if ladder is not None and not ladder.escalate_to:
+            if ladder is not None and not ladder.escalate_to and ladder.strategy == "single-pass":
                 path = f"policy.classes.{name}.gain.ladder"
-                problems.append((path, f"route {ladder.name!r} has no escalate_to ladder"))
+                problems.append(
+                    (path, f"route {ladder.name!r} is one plain pass: give it an escalate_to "
+                     "ladder or name a multi-sample route")
+                )  # fmt: skip
     for effort, route in p.effort_routes.items():
         need_route(f"policy.effort_routes.{effort}", route)
     return problems

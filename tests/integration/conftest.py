@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from gateway import localbackend as lb
+from routing.loader import anchored
 
 MODEL = lb.SERVED_MODEL_NAME
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
@@ -76,7 +77,7 @@ def gateway_config(
     tmp_path_factory: pytest.TempPathFactory, backend_url: str, dead_url: str
 ) -> Path:
     """The SHIPPED configs/routes.yaml pointed at the test backend, plus two test pools."""
-    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config = anchored(yaml.safe_load(SHIPPED_CONFIG.read_text()), SHIPPED_CONFIG.parent)
     config["limits"] = {"max_n": 8, "max_messages": 64}
     default = next(b for b in config["backends"] if b["name"] == "default")
     default["replicas"] = [backend_url]

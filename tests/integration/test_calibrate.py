@@ -23,7 +23,6 @@ pytestmark = pytest.mark.integration
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
 
 
-CHECKABLE = ("long_arithmetic", "two_step_arithmetic")
 LOCAL = "http://127.0.0.1:8000"
 
 
@@ -39,9 +38,10 @@ def uncalibrated(text: str) -> str:
     return buf.getvalue()
 
 
-def checkable(n: int, split: Literal["fit", "heldout"]) -> list[EvalItem]:
-    """``n`` hard items the arithmetic check can judge (where a ladder can pay), of ``split``."""
-    items = [i for i in make_eval_set(8 * n, 0, 1.0, split) if i.family in CHECKABLE]
+def two_digit_sums(n: int, split: Literal["fit", "heldout"]) -> list[EvalItem]:
+    """``n`` two-digit additions of ``split``: SmolLM2's greedy answer is wrong on about half
+    of them and the arithmetic check rejects exactly those, so a ladder can pay."""
+    items = [i for i in make_eval_set(40 * n, 0, 0.0, split) if i.tags[0] == "add2"]
     return items[:n]
 
 
@@ -49,8 +49,8 @@ def checkable(n: int, split: Literal["fit", "heldout"]) -> list[EvalItem]:
 async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"  # the shipped file, comments and all, on this backend
     config.write_text(uncalibrated(SHIPPED_CONFIG.read_text()).replace(LOCAL, backend_url))
-    items = [*make_eval_set(4, seed=0, hard_share=0.0), *checkable(8, "fit")]
-    heldout = checkable(8, "heldout")
+    items = [*make_eval_set(4, seed=0, hard_share=0.0), *two_digit_sums(8, "fit")]
+    heldout = two_digit_sums(8, "heldout")
     out = tmp_path / "calibration"
     routes = ["single-pass", "greedy-ladder"]
 
@@ -78,7 +78,7 @@ async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
     written = report.config_path.read_text()
     assert "# Route-owned sampling, applied to every backend call of the route." in written
     cfg = load_config(report.config_path)
-    assert cfg.route("greedy-ladder").budget.max_visible_tokens == 48
+    assert cfg.route("greedy-ladder").budget.max_visible_tokens is None  # clients not capped
     for name in routes:
         measured = cfg.route(name).measured["all"]
         assert measured.items == 12 and measured.budget == 48 and measured.tokens > 0
@@ -91,7 +91,7 @@ async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
     by = {(o.item_id, o.route): o.correct for o in report.heldout.outcomes}
     tally = {m: sum(by[(i.id, m)] for i in heldout) for m in ("auto", "single-pass")}
     assert all(o.error is None for o in report.heldout.outcomes), report.heldout.outcomes
-    assert diff > 0 and tally["auto"] > tally["single-pass"], (tally, report.ladders)
+    assert diff > 0 and tally["auto"] > tally["single-pass"], (tally, report.escalations)
 
     # The calibrated policy, hot-reloaded into a RUNNING gateway, routes `model: "auto"` by it.
     import shutil

@@ -244,6 +244,7 @@ def test_updated_config_applies_budget_fills_measured_and_validates() -> None:
     assert bon.measured["all"].tokens == 60 and bon.measured["all"].p95_ms == 100
     sp = cfg.route("single-pass")
     assert sp.measured["lookup"].budget == 32 and sp.measured["lookup"].quality == 1.0
+    assert sp.budget.max_visible_tokens is None  # measured at 32, but clients are not capped
     br = cfg.route("bounded-reasoning")  # no chosen budget: as it was
     assert br.params.budget == 256 and br.measured == {}  # type: ignore[union-attr]
     assert cfg.policy is not None and cfg.policy.predictor is not None
@@ -286,34 +287,52 @@ def _ladder_cells() -> list[cal.Cell]:
     return cal.summarize(outs)
 
 
-def test_choose_ladders_takes_the_largest_measured_gain_per_class() -> None:
+def test_choose_escalations_takes_the_largest_measured_gain_per_class() -> None:
     cells = _ladder_cells()
     chosen = {"single-pass": 32, "ladder-a": 32, "ladder-b": 32}
     ladders = ["ladder-a", "ladder-b"]
-    assert cal.choose_ladders(RAW, cells, chosen, ladders) == {"arithmetic": "ladder-a"}
+    got = cal.choose_escalations(RAW, cells, chosen, ladders)
+    assert got == {"arithmetic": cal.Escalation("ladder-a", True, 0.75, 0.5)}
     # a class's own min_gain is the bar (+0.5 measured here)
     raw = copy.deepcopy(RAW)
     raw["policy"]["classes"]["arithmetic"]["gain"] = {"cheap": "single-pass", "min_gain": 0.6}
-    assert cal.choose_ladders(raw, cells, chosen, ladders) == {}
+    assert cal.choose_escalations(raw, cells, chosen, ladders) == {}
     # the ladder's chosen budget is the one compared: at 64 ladder-a would be 4/4
-    assert cal.choose_ladders(RAW, cells, {**chosen, "ladder-a": None}, ladders) == {
-        "arithmetic": "ladder-b"
+    got = cal.choose_escalations(RAW, cells, {**chosen, "ladder-a": None}, ladders)
+    assert got == {"arithmetic": cal.Escalation("ladder-b", True, 0.5, 0.25)}
+    assert cal.choose_escalations({"routes": []}, cells, chosen, ladders) == {}
+
+
+def test_choose_escalations_weighs_multi_sample_routes_when_given() -> None:
+    cells = _ladder_cells()
+    chosen = {"single-pass": 32, "ladder-a": 32, "ladder-b": 32}
+    assert cal.choose_escalations(RAW, cells, chosen, ["ladder-b"]) == {
+        "arithmetic": cal.Escalation("ladder-b", True, 0.5, 0.25)
     }
-    assert cal.choose_ladders({"routes": []}, cells, chosen, ladders) == {}
+    got = cal.choose_escalations(RAW, cells, chosen, ["ladder-b"], ["ladder-a"])
+    assert got == {"arithmetic": cal.Escalation("ladder-a", False, 0.75, 0.5)}
 
 
-def test_apply_ladders_sets_the_gain_rule_and_the_class_routes() -> None:
+def test_apply_escalations_sets_the_gain_rule_and_the_class_routes() -> None:
     raw = copy.deepcopy(RAW)
     raw["routes"].append(
         {"name": "ladder-a", "strategy": "single-pass", "backend": "default",
          "escalate_to": [{"samples": 2, "verifier": "arithmetic"}]}
     )  # fmt: skip
     raw["policy"]["classes"]["lookup"]["gain"] = {"cheap": "single-pass", "min_gain": 0.1}
-    out = cal.apply_ladders(raw, {"arithmetic": "ladder-a", "lookup": "ladder-a"})
+    out = cal.apply_escalations(
+        raw,
+        {
+            "arithmetic": cal.Escalation("ladder-a", True, 0.8, 0.3),
+            "lookup": cal.Escalation("best-of-n", False, 0.8, 0.3),
+        },
+    )
     arith = out["policy"]["classes"]["arithmetic"]
     assert arith["routes"] == ["single-pass", "best-of-n", "ladder-a"]
     assert arith["gain"] == {"cheap": "single-pass", "min_gain": 0.05, "ladder": "ladder-a"}
-    assert out["policy"]["classes"]["lookup"]["gain"]["min_gain"] == 0.1  # its own knobs kept
+    lookup = out["policy"]["classes"]["lookup"]  # a multi-sample route, its own knobs kept
+    assert lookup["routes"] == ["single-pass", "bounded-reasoning", "best-of-n"]
+    assert lookup["gain"] == {"cheap": "single-pass", "min_gain": 0.1, "ladder": "best-of-n"}
     assert "gain" not in raw["policy"]["classes"]["arithmetic"]  # a copy
     parse_config(yaml.safe_dump(out))
 
@@ -447,7 +466,7 @@ async def test_runner_checks_auto_on_heldout_items_and_calibrates_in_place(
     assert len((tmp_path / "o" / "heldout.jsonl").read_text().splitlines()) == 6
     assert "Held-out check" in (tmp_path / "o" / "eval.md").read_text()
     doc = json.loads((tmp_path / "o" / "eval.json").read_text())
-    assert doc["heldout"]["cheap"] == "single-pass" and doc["ladders"] == {}
+    assert doc["heldout"]["cheap"] == "single-pass" and "escalations" in doc
     # held-out items are never cached (they are not fitted on) and a rerun does not stack headers
     again = await run_calibration(
         config, items(), None, [16], tmp_path / "o", 2, heldout=held, write_config=config, **kw

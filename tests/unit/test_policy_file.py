@@ -57,7 +57,8 @@ def test_edits_keep_comments_order_and_flow_style() -> None:
 def test_the_calibrated_shipped_policy_round_trips_and_validates() -> None:
     text = SHIPPED.read_text(encoding="utf-8")
     data = yaml.safe_load(text)
-    edited = cal.apply_ladders(copy.deepcopy(data), {"lookup": "confidence-ladder"})
+    ladder = cal.Escalation("confidence-ladder", True, 0.6, 0.1)
+    edited = cal.apply_escalations(copy.deepcopy(data), {"lookup": ladder})
     out = rewrite(text, edited)
     assert yaml.safe_load(out) == edited
     parse_config(out)
@@ -67,3 +68,17 @@ def test_the_calibrated_shipped_policy_round_trips_and_validates() -> None:
 def test_not_a_mapping_is_an_error() -> None:
     with pytest.raises(ValueError, match="mapping"):
         rewrite("- a\n- b\n", {})
+
+
+def test_anchored_copies_keep_pointing_at_the_predictor(tmp_path: Path) -> None:
+    from routing.loader import anchored, load_config
+
+    raw = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    moved = tmp_path / "elsewhere.yaml"
+    moved.write_text(yaml.safe_dump(anchored(raw, SHIPPED.parent)))
+    cfg = load_config(moved)
+    assert cfg.policy is not None and cfg.policy.predictor is not None
+    assert Path(cfg.policy.predictor.path).is_absolute()
+    assert Path(cfg.policy.predictor.path).exists()
+    assert anchored({"version": 1}, tmp_path) == {"version": 1}
+    assert raw == yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))  # a copy

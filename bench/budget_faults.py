@@ -3,8 +3,9 @@
 Runs the scenarios of tests/integration/test_budget_faults.py (real gateway processes, a
 throwaway redis-server, the mock backend; 50 staggered requests per run, half of them
 streams) ``--runs`` times each, checks their invariants exactly as the tests do, and prints
-per scenario: answers by status, the slowest 503 and 200, and how long after the fault Redis
-held exactly the usage clients were shown. Writes bench/results/budget_faults.json.
+per scenario: answers by status, the slowest 503 and 200, how long after the fault Redis
+held exactly the usage clients were shown, and the peak of the tenant's counter (settled +
+held) during the load. Writes bench/results/budget_faults.json.
 
     python bench/budget_faults.py --runs 3
 """
@@ -42,6 +43,7 @@ COLUMNS = (
     "max_503_s",
     "max_200_s",
     "settled_s_after_fault",
+    "peak_committed_tokens",
 )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from tests.integration.conftest import MODEL, free_port, gateway_process
 from tests.integration.test_budgets import AUTH, SHORT, committed, gateway_env, write_config
@@ -146,11 +147,30 @@ async def no_fault(server: RedisServer) -> None:
     pass
 
 
+async def peak_committed(url: str, prefix: str, until: asyncio.Future[Any]) -> int:
+    """The highest day counter seen, read every 10 ms (skipping reads Redis cannot answer)."""
+    key = f"{prefix}:team:tokens:day:{int(time.time() // 86400)}"
+    client = aioredis.from_url(url, socket_connect_timeout=0.1, socket_timeout=0.1)
+    peak = 0
+    try:
+        while not until.done():
+            with contextlib.suppress(redis.RedisError, OSError):
+                peak = max(peak, int(await client.get(key) or 0))
+            await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+    return peak
+
+
 async def load_with_fault(
-    gateways: list[str], server: RedisServer, fault: Fault, spacing_s: float = SPACING_S
-) -> tuple[list[Outcome], float]:
+    gateways: list[str],
+    server: RedisServer,
+    fault: Fault,
+    prefix: str,
+    spacing_s: float = SPACING_S,
+) -> tuple[list[Outcome], float, int]:
     """REQUESTS requests spread over the gateways, ``fault`` injected at FAULT_AT_S; also
-    returns when the fault ended (monotonic)."""
+    returns when the fault ended (monotonic) and the peak of the tenant's counter meanwhile."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as client:
 
         async def staggered(i: int) -> Outcome:
@@ -163,8 +183,10 @@ async def load_with_fault(
             return time.monotonic()
 
         jobs = [asyncio.ensure_future(staggered(i)) for i in range(REQUESTS)]
+        everything = asyncio.gather(*jobs)
+        peak = asyncio.ensure_future(peak_committed(server.url, prefix, everything))
         fault_ended = await inject()
-        return list(await asyncio.gather(*jobs)), fault_ended
+        return list(await everything), fault_ended, await peak
 
 
 def run_scenario(
@@ -193,8 +215,8 @@ def run_scenario(
         # a paused Redis go out on open connections and run when it resumes.
         warm, remaining = asyncio.run(no_fault_request(gateways[0]))
         reservation = LIMIT - remaining
-        warm_burst, _ = asyncio.run(load_with_fault(gateways, server, no_fault, spacing_s=0))
-        outcomes, fault_ended = asyncio.run(load_with_fault(gateways, server, fault))
+        warm_burst, _, _ = asyncio.run(load_with_fault(gateways, server, no_fault, prefix, 0))
+        outcomes, fault_ended, peak = asyncio.run(load_with_fault(gateways, server, fault, prefix))
         served = [o for o in outcomes + warm_burst if o.status == 200]
         expected = warm + sum(o.usage for o in served)
         deadline = time.monotonic() + SETTLED_WITHIN_S
@@ -213,6 +235,7 @@ def run_scenario(
             time.sleep(0.1)
         converged_after = time.monotonic() - fault_ended
         assert expected <= LIMIT + reservation
+        assert peak <= LIMIT + reservation, "committed (settled + held) while under load"
         assert [o for o in outcomes if o.status == 200], "some requests were served"
         statuses = [o.status for o in outcomes]
         return {
@@ -226,6 +249,7 @@ def run_scenario(
             "redis_tokens": committed(server.url, prefix, "day"),
             "limit": LIMIT,
             "reservation_tokens": reservation,
+            "peak_committed_tokens": peak,
             "settled_s_after_fault": round(converged_after, 3),
         }
 

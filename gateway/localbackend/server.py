@@ -74,6 +74,11 @@ def status(paths: BackendPaths, spec: ServerSpec) -> ServerStatus:
     if pid is not None:
         why = "not a vLLM process" if is_alive(pid) else "gone"
         detail = f"not running (stale pid file: pid {pid} is {why})"
+        if why == "gone" and (lingering := owned_group(pid)):
+            detail += (
+                f"; {len(lingering)} engine process(es) of its group still run "
+                "(start or stop ends them)"
+            )
     else:
         detail = "not running"
     if not port_is_free(spec.host, spec.port):

@@ -362,7 +362,9 @@ def test_start_after_the_server_was_killed_stops_its_lingering_engine(
         deadline = time.monotonic() + 10
         while is_alive(first.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not lb.status(paths, spec).running and is_alive(engine)
+        stale = lb.status(paths, spec)
+        assert not stale.running and is_alive(engine)
+        assert "1 engine process(es) of its group still run" in stale.detail
 
         second = lb.start(paths, spec, messages.append, wait_s=30)  # same port, same run dir
         assert second.healthy and second.pid != first.pid

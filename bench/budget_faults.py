@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for column in COLUMNS:
             values = [r[column] for r in runs]
-            cells.append(f"{statistics.median(values):.3g} (max {max(values):.3g})")
+            cells.append(f"{statistics.median(values):.4g} (max {max(values):.4g})")
         lines.append(f"{name:34}" + "".join(f"{c:>24}" for c in cells))
     sys.stdout.write(
         f"{args.runs} runs per scenario, {faults.REQUESTS} requests each; median (max); every "

@@ -6,9 +6,13 @@
 * at reserve, fail-open reserves on the in-process fallback instead (the reservation's origin
   becomes ``"fallback"``, so its settle goes there too) and fail-closed re-raises;
 * at settle/release, nothing is raised (the request is already served): the settlement is kept
-  in a bounded queue and replayed, in the background, after the next successful primary call,
-  so an outage does not lose usage once the primary is back. Settle acts once per reservation,
-  so a replay that races another can never charge twice.
+  in a bounded queue and replayed in the background -- at once after the next successful
+  primary call, else retried with backoff (``RETRY_MIN_S`` doubling to ``RETRY_MAX_S``) -- so
+  an outage does not lose usage once the primary is back, even with no traffic. Settle acts
+  once per reservation, so a replay that races another can never charge twice.
+* a reserve that failed may still have been committed (a timeout after Redis ran the script,
+  or a command Redis runs when a paused server resumes), so it is queued as an ``abandon`` of
+  its id in both modes: the failed request is never charged.
 
 Failures are logged at most once per ``LOG_EVERY_S`` per kind, and reported to ``on_error``
 (the operation: ``"reserve"`` when failing open, ``"settle"`` for settle and release).
@@ -23,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
 
 from budgets.ledger import (
     BudgetStore,
@@ -41,9 +46,12 @@ log = logging.getLogger(__name__)
 FALLBACK_ORIGIN = "fallback"
 MAX_PENDING = 10_000
 LOG_EVERY_S = 10.0
+RETRY_MIN_S = 0.25
+RETRY_MAX_S = 5.0
 
-Pending = tuple[Reservation, int | None]
-"""A settlement to replay: (reservation, used), ``used`` None for a release."""
+Op = Literal["settle", "release", "abandon"]
+Pending = tuple[Op, Reservation, int]
+"""A settlement to replay: (op, reservation, used); an abandon's reservation has only an id."""
 
 
 class FailoverStore:
@@ -67,6 +75,7 @@ class FailoverStore:
         self._clock = clock
         self._pending: deque[Pending] = deque()
         self._replay: asyncio.Task[None] | None = None
+        self._primary_back = asyncio.Event()
         self._logged_at: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -81,6 +90,8 @@ class FailoverStore:
         try:
             result = await self._primary.reserve(limits, tokens, reservation_id)
         except StoreUnavailable as exc:
+            ghost = Reservation(reservation_id, limits.tenant, 0, ())
+            self._enqueue(("abandon", ghost, 0))
             if not self._fail_open:
                 raise
             self._warn(
@@ -97,11 +108,15 @@ class FailoverStore:
 
     async def settle(self, reservation: Reservation, used: int) -> None:
         """Settle on the store holding the reservation; never raises ``StoreUnavailable``."""
-        await self._close(reservation, used)
+        await self._close(("settle", reservation, used))
 
     async def release(self, reservation: Reservation) -> None:
         """Release on the store holding the reservation; never raises ``StoreUnavailable``."""
-        await self._close(reservation, None)
+        await self._close(("release", reservation, 0))
+
+    async def abandon(self, reservation_id: str) -> None:
+        """Abandon on the primary (queued if it is down); never raises ``StoreUnavailable``."""
+        await self._close(("abandon", Reservation(reservation_id, "", 0, ()), 0))
 
     async def committed(self, tenant: str, window: WindowName, kind: Kind = "tokens") -> int:
         """The primary's counter; the fallback's when failing open through an outage."""
@@ -130,9 +145,10 @@ class FailoverStore:
         return len(self._pending)
 
     async def aclose(self) -> None:
-        """Finish a replay in flight, then close both stores."""
+        """Stop the replay loop, try the queue once more, then close both stores."""
         if self._replay is not None:
-            with contextlib.suppress(Exception):
+            self._replay.cancel()
+            with contextlib.suppress(BaseException):
                 await self._replay
         if self._pending:
             with contextlib.suppress(Exception):
@@ -144,43 +160,60 @@ class FailoverStore:
         finally:
             await self._fallback.aclose()
 
-    async def _close(self, reservation: Reservation, used: int | None) -> None:
-        if reservation.origin == FALLBACK_ORIGIN:
-            await self._apply((reservation, used), self._fallback)
+    async def _close(self, item: Pending) -> None:
+        if item[1].origin == FALLBACK_ORIGIN:
+            await self._apply(item, self._fallback)
             return
         try:
-            await self._apply((reservation, used))
+            await self._apply(item)
         except StoreUnavailable as exc:
             self._warn("settle", "budget store unavailable, settlement queued: %s", exc)
             self._on_error("settle")
-            if len(self._pending) >= self._max_pending:
-                self._pending.popleft()
-                self._warn("drop", "budget settlement queue full, dropping the oldest")
-            self._pending.append((reservation, used))
+            self._enqueue(item)
             return
         self._primary_ok()
 
+    def _enqueue(self, item: Pending) -> None:
+        """Queue ``item`` for the primary and make sure the replay loop runs."""
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._warn("drop", "budget settlement queue full, dropping the oldest")
+        self._pending.append(item)
+        if self._replay is None or self._replay.done():
+            self._replay = asyncio.get_running_loop().create_task(self._replay_pending())
+
     async def _apply(self, item: Pending, store: BudgetStore | None = None) -> None:
-        reservation, used = item
+        op, reservation, used = item
         target = self._primary if store is None else store
-        if used is None:
+        if op == "abandon":
+            await target.abandon(reservation.id)
+        elif op == "release":
             await target.release(reservation)
         else:
             await target.settle(reservation, used)
 
     def _primary_ok(self) -> None:
-        """After a successful primary call: start replaying queued settlements if any."""
-        if self._pending and (self._replay is None or self._replay.done()):
-            self._replay = asyncio.get_running_loop().create_task(self._replay_pending())
+        """After a successful primary call: wake the replay loop (it is waiting out a backoff)."""
+        if self._pending:
+            self._primary_back.set()
 
     async def _replay_pending(self) -> None:
-        try:
-            left = await self.flush_pending()
-        except Exception:  # never let a background replay crash the loop
-            log.exception("replaying budget settlements failed")
-            return
-        if left == 0:
-            log.info("budget store back: queued settlements applied")
+        """Replay the queue until it is empty: retried with backoff, or at once when a primary
+        call succeeds meanwhile."""
+        delay = RETRY_MIN_S
+        while self._pending:
+            self._primary_back.clear()
+            try:
+                left = await self.flush_pending()
+            except Exception:  # never let a background replay crash the loop
+                log.exception("replaying budget settlements failed")
+                left = len(self._pending)
+            if left == 0:
+                log.info("budget store back: queued settlements applied")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._primary_back.wait(), delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _warn(self, kind: str, message: str, *args: object) -> None:
         """``log.warning`` at most once per ``LOG_EVERY_S`` for each ``kind``."""

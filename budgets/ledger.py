@@ -101,6 +101,11 @@ class BudgetStore(Protocol):
         """Give the whole reservation back (the request still counts as a request)."""
         ...
 
+    async def abandon(self, reservation_id: str) -> None:
+        """Undo a ``reserve`` of this id whose outcome is unknown (the call failed): release
+        it if it was committed, and make a copy of it arriving later commit nothing."""
+        ...
+
     async def committed(self, tenant: str, window: WindowName, kind: Kind = "tokens") -> int:
         """The current window's committed count (inspection, tests)."""
         ...

@@ -134,6 +134,12 @@ class MemoryStore:
         """Give the reserved tokens back; the request itself stays counted."""
         await self.settle(reservation, 0)
 
+    async def abandon(self, reservation_id: str) -> None:
+        """Release ``reservation_id`` if it is open (in memory no reserve arrives late)."""
+        held = self._open.get(reservation_id)
+        if held is not None:
+            await self.release(held)
+
     async def committed(self, tenant: str, window: WindowName, kind: Kind = "tokens") -> int:
         """The current window's counter for ``tenant``."""
         return self._counters.get((tenant, kind, window, bucket_of(self._clock(), window)), 0)

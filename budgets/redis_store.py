@@ -4,13 +4,19 @@ Each operation is one Lua script, so Redis runs it atomically:
 
 * reserve reads the server's clock (``TIME``, so replicas with skewed clocks agree on the
   windows), checks every limit of the tenant, and only if all fit increments every counter and
-  writes ``{prefix}:res:{id}`` holding the reserved tokens (TTL one day + margin). Counter keys
-  are ``{prefix}:{tenant}:{kind}:{window}:{bucket}`` and expire ``EXPIRY_MARGIN_S`` after
-  their window ends (``EXPIREAT``), so at most window length + margin after their creation.
+  writes ``{prefix}:res:{id}`` (TTL one day + margin): the JSON array ``[tokens, key...]`` of
+  the reserved tokens and the token counters it moved. Counter keys are
+  ``{prefix}:{tenant}:{kind}:{window}:{bucket}`` and expire ``EXPIRY_MARGIN_S`` after their
+  window ends (``EXPIREAT``), so at most window length + margin after their creation.
 * settle/release deletes the reservation key and, only if it existed, moves each token counter
-  by ``used - reserved`` -- and only counters that still exist, so a window that has expired is
-  never recreated with a negative value. Acting once per reservation key makes settle and
-  release exactly-once across processes, and makes a retried settle harmless.
+  it names by ``used - reserved`` -- and only counters that still exist, so a window that has
+  expired is never recreated with a negative value. Acting once per reservation key makes
+  settle and release exactly-once across processes, and makes a retried settle harmless.
+  (A record of an older version, a bare number, is settled on the counters the caller names.)
+* abandon is release by id for a reserve whose reply was lost (a timeout, a dropped
+  connection): the script may or may not have run, and a command sent into a paused Redis runs
+  when it resumes, after the client gave up. Abandon releases it if it ran and otherwise leaves
+  a tombstone (``[0]``) so that a late run commits nothing.
 
 Reserving an id that is still open commits nothing and returns it again, so a reserve retried
 after a lost reply cannot charge twice. Keys the reserve script builds are not declared to
@@ -54,13 +60,14 @@ local tokens, res_ttl, margin = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(A
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local n = (#ARGV - 6) / 4
-local keys, amounts, limits, buckets, expiry = {}, {}, {}, {}, {}
+local keys, kinds, amounts, limits, buckets, expiry = {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local b = 6 + (i - 1) * 4
   local kind, window, size = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
   buckets[i] = math.floor(sec / size)
   keys[i] = prefix .. ':' .. tenant .. ':' .. kind .. ':' .. window .. ':'
     .. string.format('%d', buckets[i])
+  kinds[i] = kind
   amounts[i] = (kind == 'tokens') and tokens or 1
   limits[i] = tonumber(ARGV[b + 4])
   expiry[i] = (buckets[i] + 1) * size + margin
@@ -69,7 +76,8 @@ local res_key = prefix .. ':res:' .. id
 local status, blocking = 1, 0
 local held = redis.call('GET', res_key)
 if held then
-  status, tokens = 2, tonumber(held)
+  local record = cjson.decode(held)
+  status, tokens = 2, (type(record) == 'table') and record[1] or record
 else
   for i = 1, n do
     if tonumber(redis.call('GET', keys[i]) or '0') + amounts[i] > limits[i] then
@@ -78,15 +86,16 @@ else
     end
   end
   if status == 1 then
-    local done = {}
+    local done, record = {}, {tokens}
     for i = 1, n do
       if not done[keys[i]] then
         done[keys[i]] = true
         redis.call('INCRBY', keys[i], amounts[i])
         redis.call('EXPIREAT', keys[i], expiry[i])
+        if kinds[i] == 'tokens' then record[#record + 1] = keys[i] end
       end
     end
-    redis.call('SET', res_key, tokens, 'EX', res_ttl)
+    redis.call('SET', res_key, cjson.encode(record), 'EX', res_ttl)
   end
 end
 local out = {status, blocking, sec, tonumber(t[2]), tokens}
@@ -98,15 +107,25 @@ return out
 """
 
 _SETTLE = """
-local reserved = redis.call('GET', KEYS[1])
-if not reserved then return 0 end
+local held = redis.call('GET', KEYS[1])
+if not held then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[1], '[0]', 'EX', ARGV[3]) end
+  return 0
+end
 redis.call('DEL', KEYS[1])
-local delta = tonumber(ARGV[1]) - tonumber(reserved)
+local record, counters = cjson.decode(held), {}
+if type(record) == 'table' then
+  for i = 2, #record do counters[#counters + 1] = record[i] end
+  record = record[1]
+else
+  for i = 2, #KEYS do counters[#counters + 1] = KEYS[i] end
+end
+local delta = tonumber(ARGV[1]) - tonumber(record)
 if delta ~= 0 then
-  for i = 2, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      if redis.call('INCRBY', KEYS[i], delta) < 0 then
-        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+  for _, key in ipairs(counters) do
+    if redis.call('EXISTS', key) == 1 then
+      if redis.call('INCRBY', key, delta) < 0 then
+        redis.call('SET', key, 0, 'KEEPTTL')
       end
     end
   end
@@ -199,11 +218,19 @@ class RedisStore:
             for window, bucket in reservation.buckets
         ]
         with _unavailable("settle"):
-            await self._settle(keys=keys, args=[max(0, used)])
+            await self._settle(keys=keys, args=[max(0, used), 0, 0])
 
     async def release(self, reservation: Reservation) -> None:
         """Give the reserved tokens back; the request itself stays counted."""
         await self.settle(reservation, 0)
+
+    async def abandon(self, reservation_id: str) -> None:
+        """Undo a reserve whose reply never came: release it if Redis committed it, and leave a
+        tombstone otherwise, so a copy of it Redis runs later (sent into a paused server) finds
+        the id held and commits nothing."""
+        keys = [self._reservation_key(reservation_id)]
+        with _unavailable("abandon"):
+            await self._settle(keys=keys, args=[0, 1, RESERVATION_TTL_S])
 
     async def committed(self, tenant: str, window: WindowName, kind: Kind = "tokens") -> int:
         """The current window's counter (by Redis server time)."""

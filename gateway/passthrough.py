@@ -74,8 +74,8 @@ async def relay_stream(
     """Yield the backend's SSE events as they arrive, noting TTFT and usage on the way.
 
     A backend failure mid-stream, or the route's deadline, becomes one OpenAI-shaped
-    ``error`` event (the client already has a 200); a client disconnect closes the upstream,
-    which makes vLLM abort.
+    ``error`` event then ``data: [DONE]`` (the client already has a 200, and OpenAI clients
+    read to ``[DONE]``); a client disconnect closes the upstream, which makes vLLM abort.
     """
     splitter = EventSplitter()
     try:
@@ -105,7 +105,7 @@ async def relay_stream(
                     }
                 }
             )
-        )
+        ) + format_event(DONE)
     except httpx.HTTPError as e:
         ctx.outcome = "backend_error"
         message = f"the backend stopped mid-stream ({type(e).__name__}); the answer is incomplete"
@@ -121,7 +121,7 @@ async def relay_stream(
                     }
                 }
             )
-        )
+        ) + format_event(DONE)
     finally:
         await upstream.aclose()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,11 +38,19 @@ class SessionRedis(NamedTuple):
 
 
 class RedisServer(NamedTuple):
-    """A throwaway redis-server; ``stop`` saves its data, ``start`` restarts it on the port."""
+    """A throwaway redis-server; ``stop`` saves its data, ``start`` restarts it on the port.
+
+    Faults: ``kill`` is SIGKILL (with ``durable`` servers every acknowledged write survives it,
+    as with ``appendfsync always`` in production); ``pause``/``resume`` SIGSTOP/SIGCONT it, a
+    network partition as clients see it: connections are accepted by the kernel, nothing answers.
+    """
 
     url: str
     stop: Callable[[], None]
     start: Callable[[], None]
+    kill: Callable[[], None]
+    pause: Callable[[], None]
+    resume: Callable[[], None]
 
 
 def answers_ping(url: str, timeout: float = 0.5) -> bool:
@@ -61,12 +70,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def throwaway_redis() -> Iterator[RedisServer]:
+def throwaway_redis(durable: bool = False) -> Iterator[RedisServer]:
     """Start a private redis-server on a free port; stop it (for good) on exit.
 
-    No persistence while running (``--save ''``, no AOF); ``stop()`` does ``SHUTDOWN SAVE``
-    into a temporary directory so ``start()`` comes back with the same data, like a Redis
-    restart in production.
+    No persistence while running (``--save ''``, no AOF) unless ``durable`` (AOF, fsync at every
+    write); ``stop()`` does ``SHUTDOWN SAVE`` into a temporary directory so ``start()`` comes
+    back with the same data, like a Redis restart in production.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -74,8 +83,9 @@ def throwaway_redis() -> Iterator[RedisServer]:
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     workdir = Path(tempfile.mkdtemp(prefix="deliberate-redis-"))
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    cmd += ["no", "--dir", str(workdir), "--dbfilename", "dump.rdb"]
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    cmd += ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    cmd += ["--dir", str(workdir), "--dbfilename", "dump.rdb"]
     proc: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
@@ -102,10 +112,28 @@ def throwaway_redis() -> Iterator[RedisServer]:
             proc[-1].kill()
             proc[-1].wait()
 
+    def signal_it(sig: signal.Signals) -> None:
+        if proc and proc[-1].poll() is None:
+            proc[-1].send_signal(sig)
+
+    def kill() -> None:
+        signal_it(signal.SIGCONT)  # a paused server must be able to die
+        signal_it(signal.SIGKILL)
+        if proc:
+            proc[-1].wait(10)
+
     start()
     try:
-        yield RedisServer(url, stop, start)
+        yield RedisServer(
+            url,
+            stop,
+            start,
+            kill,
+            lambda: signal_it(signal.SIGSTOP),
+            lambda: signal_it(signal.SIGCONT),
+        )
     finally:
+        signal_it(signal.SIGCONT)  # never leave a paused server behind
         stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

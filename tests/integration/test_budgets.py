@@ -18,7 +18,7 @@ import yaml
 
 from tests.integration.conftest import MODEL, gateway_process
 from tests.integration.test_disconnect import vllm_metric, wait_idle
-from tests.redis_server import SessionRedis, throwaway_redis
+from tests.redis_server import RedisServer, SessionRedis, throwaway_redis
 
 pytestmark = pytest.mark.integration
 KEY = "sk-budget-test"
@@ -265,7 +265,7 @@ def test_sigterm_drains_then_cancels_and_releases(
 
 
 @pytest.fixture
-def own_redis() -> Iterator[tuple[str, Any, Any]]:
+def own_redis() -> Iterator[RedisServer]:
     with throwaway_redis() as server:
         yield server
 
@@ -274,10 +274,10 @@ def own_redis() -> Iterator[tuple[str, Any, Any]]:
 def test_redis_outage(
     tmp_path: Path,
     backend_url: str,
-    own_redis: tuple[str, Any, Any],
+    own_redis: RedisServer,
     fail_mode: str,
 ) -> None:
-    url_redis, stop, start = own_redis
+    url_redis, stop, start = own_redis.url, own_redis.stop, own_redis.start
     prefix = f"outage-{uuid.uuid4().hex[:6]}"
     cfg = write_config(tmp_path, backend_url, prefix, fail_mode, tokens_per_day=100_000)
     with gateway_process(cfg, tmp_path, gateway_env(url_redis)) as (url, _):

@@ -230,7 +230,8 @@ async def test_outage_failover_and_recovery(prefix: str) -> None:
             await closed_store.reserve(limits, 10, "refused")
         await open_store.settle(before.reservation, 40)  # queued, not raised
         await open_store.settle(served.reservation, 5)  # the fallback's own
-        assert open_store.pending_settlements() == 1 and fallback.open_reservations() == 0
+        # queued: the settle, and the abandon of the reserve that failed over
+        assert open_store.pending_settlements() == 2 and fallback.open_reservations() == 0
 
         server.start()  # same port, same data; the clients are not rebuilt
         after = await open_store.reserve(limits, 1, "after")
@@ -245,3 +246,50 @@ async def test_outage_failover_and_recovery(prefix: str) -> None:
         assert isinstance(await primary.reserve(limits, 1, "after-restart"), Granted)
         assert await primary.committed("acme", "day") == 40 + 1 + 1
         await open_store.aclose()
+        await closed_store.aclose()
+
+
+async def test_a_reserve_lost_in_a_paused_redis_is_abandoned_not_charged(prefix: str) -> None:
+    limits = TenantLimits("acme", (Limit("tokens", "day", 1000),))
+    with throwaway_redis() as server:
+        async with stores(server.url, prefix) as [store], raw_client(server.url) as client:
+            await clear_of_rollover(client, "day")
+            warm = await store.reserve(limits, 0, "warm")  # the script is loaded: EVALSHA runs
+            assert isinstance(warm, Granted)
+            server.pause()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(limits, 100, "lost")
+            assert time.monotonic() - started < 1.5, "a paused Redis costs one timeout"
+            server.resume()
+            # Redis ran the command it had buffered while paused, after the client gave up.
+            with anyio.fail_after(5):
+                while await store.committed("acme", "day") != 100:
+                    await anyio.sleep(0.02)
+            await store.abandon("lost")
+            assert await store.committed("acme", "day") == 0, "refunded"
+            await store.abandon("lost")  # twice: still exactly once
+            assert await store.committed("acme", "day") == 0
+
+            await store.abandon("late")  # abandoned before Redis ever ran it: a tombstone
+            held = await store.reserve(limits, 100, "late")
+            assert isinstance(held, Granted) and held.reservation.tokens == 0
+            assert await store.committed("acme", "day") == 0, "the late reserve commits nothing"
+
+
+async def test_reservations_survive_a_killed_durable_redis(prefix: str) -> None:
+    limits = TenantLimits("acme", (Limit("tokens", "day", 1000), Limit("tokens", "minute", 500)))
+    with throwaway_redis(durable=True) as server:
+        async with stores(server.url, prefix) as [store], raw_client(server.url) as client:
+            await clear_of_rollover(client)
+            granted = await store.reserve(limits, 100, "r")
+            assert isinstance(granted, Granted)
+            server.kill()
+            with pytest.raises(StoreUnavailable):
+                await store.settle(granted.reservation, 30)
+            server.start()  # same port; the pooled connections are stale
+            await store.settle(granted.reservation, 30)
+            assert await store.committed("acme", "day") == 30
+            assert await store.committed("acme", "minute") == 30
+        async with raw_client(server.url) as client:
+            assert await client.keys(f"{prefix}:res:*") == []

@@ -224,11 +224,13 @@ def test_unlimited_tenant_is_never_counted() -> None:
 
 
 class FlakyStore:
-    """A MemoryStore primary that raises StoreUnavailable while ``down``."""
+    """A MemoryStore primary that raises StoreUnavailable while ``down``; with ``lose_replies``
+    a reserve is committed and then fails (its reply lost, as after a Redis timeout)."""
 
     def __init__(self, clock: Clock) -> None:
         self.inner = MemoryStore(clock)
         self.down = False
+        self.lose_replies = False
 
     def _check(self) -> None:
         if self.down:
@@ -238,7 +240,10 @@ class FlakyStore:
         self, limits: TenantLimits, tokens: int, reservation_id: str
     ) -> Granted | Denied:
         self._check()
-        return await self.inner.reserve(limits, tokens, reservation_id)
+        result = await self.inner.reserve(limits, tokens, reservation_id)
+        if self.lose_replies:
+            raise StoreUnavailable("reply lost") from TimeoutError()
+        return result
 
     async def settle(self, reservation: Reservation, used: int) -> None:
         self._check()
@@ -247,6 +252,10 @@ class FlakyStore:
     async def release(self, reservation: Reservation) -> None:
         self._check()
         await self.inner.release(reservation)
+
+    async def abandon(self, reservation_id: str) -> None:
+        self._check()
+        await self.inner.abandon(reservation_id)
 
     async def committed(self, tenant: str, window: WindowName, kind: Kind = "tokens") -> int:
         self._check()
@@ -285,7 +294,8 @@ async def test_fail_open_serves_from_the_fallback() -> None:
     assert errors == ["reserve"]
     assert await store.committed("acme", "minute") == 95  # the fallback's view
     await store.settle(down.reservation, 5)  # goes to the fallback: no error, nothing queued
-    assert errors == ["reserve"] and store.pending_settlements() == 0
+    assert errors == ["reserve"]
+    assert store.pending_settlements() == 1  # the abandon of the reserve that failed over
     assert await store.committed("acme", "minute") == 5
     primary.down = False
     assert await store.committed("acme", "minute") == 10  # the primary never saw "down"
@@ -321,6 +331,45 @@ async def test_settlements_queued_in_an_outage_are_replayed_after_it() -> None:
     assert primary.inner.open_reservations() == 0
     await store.settle(a.reservation, 15)  # replayed already: a no-op
     assert await store.committed("acme", "minute") == 15
+    await store.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_reserve_whose_reply_was_lost_is_abandoned(fail_open: bool) -> None:
+    store, primary, _, _ = failover(fail_open=fail_open)
+    limits = tenant(TOK_MIN, REQ_MIN)
+    primary.lose_replies = True
+    if fail_open:
+        served = await store.reserve(limits, 40, "lost")
+        assert isinstance(served, Granted) and served.reservation.origin == "fallback"
+    else:
+        with pytest.raises(StoreUnavailable):
+            await store.reserve(limits, 40, "lost")
+    primary.lose_replies = False
+    assert primary.inner.open_reservations() == 1  # the primary did commit it
+    with anyio.fail_after(2):  # replayed by the retry loop, with no other traffic
+        while store.pending_settlements():
+            await anyio.sleep(0.01)
+    assert primary.inner.open_reservations() == 0
+    assert await primary.inner.committed("acme", "minute") == 0, "not charged"
+    await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_settlements_are_replayed_without_traffic_once_the_primary_is_back() -> None:
+    store, primary, _, _ = failover(fail_open=False)
+    granted = await store.reserve(tenant(TOK_MIN), 40, "a")
+    assert isinstance(granted, Granted)
+    primary.down = True
+    await store.settle(granted.reservation, 7)
+    await anyio.sleep(0.3)  # the loop tried and failed at least once meanwhile
+    assert store.pending_settlements() == 1
+    primary.down = False
+    with anyio.fail_after(2):
+        while store.pending_settlements():
+            await anyio.sleep(0.01)
+    assert await primary.inner.committed("acme", "minute") == 7
     await store.aclose()
 
 

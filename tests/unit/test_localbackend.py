@@ -22,16 +22,19 @@ from gateway import localbackend as lb
 from gateway.localbackend import convert_gguf
 from gateway.localbackend.install import model_complete, venv_ready
 from gateway.localbackend.paths import Progress
-from gateway.localbackend.procs import is_alive, read_pid
+from gateway.localbackend.procs import group_members, is_alive, read_pid
 from gateway.localbackend.spec import API_SERVER_MODULE, pid_file
 
 FAKE_SERVER = """\
-import http.server, sys
+import http.server, os, sys, time
 args = sys.argv[1:]
 host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
 if "--crash" in args:
     print("boom: the engine exploded", flush=True)
     sys.exit(3)
+if "--engine-child" in args and os.fork() == 0:
+    while True:  # an engine process: it outlives a killed API server, as vLLM's does
+        time.sleep(60)
 
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -344,6 +347,34 @@ def test_lifecycle_start_is_idempotent_and_stop_kills_the_group(
         pid = read_pid(pid_file(paths, spec))
         if pid is not None and is_alive(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_start_after_the_server_was_killed_stops_its_lingering_engine(
+    fake_installed: lb.BackendPaths,
+) -> None:
+    paths, spec = fake_installed, lb.ServerSpec(port=free_port(), extra_args=("--engine-child",))
+    messages: list[str] = []
+    first = lb.start(paths, spec, messages.append, wait_s=30)
+    assert first.pid is not None
+    try:
+        (engine,) = [p for p in group_members(first.pid) if p != first.pid]
+        os.kill(first.pid, signal.SIGKILL)  # the API server dies; its engine child lives on
+        deadline = time.monotonic() + 10
+        while is_alive(first.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stale = lb.status(paths, spec)
+        assert not stale.running and is_alive(engine)
+        assert "1 engine process(es) of its group still run" in stale.detail
+
+        second = lb.start(paths, spec, messages.append, wait_s=30)  # same port, same run dir
+        assert second.healthy and second.pid != first.pid
+        assert any("engine processes linger" in m for m in messages)
+        assert not is_alive(engine)
+        assert lb.stop(paths, spec, messages.append) is True
+    finally:
+        for pid in (first.pid, read_pid(pid_file(paths, spec))):
+            if pid is not None and group_members(pid):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_early_exit_reports_the_log_and_cleans_up(fake_installed: lb.BackendPaths) -> None:

@@ -92,7 +92,8 @@ def policy_export(
     out: Annotated[Path, typer.Option("--out", help="Where to write the policy file.")],
     url: Annotated[str, typer.Option("--url", help="The gateway.")] = "http://127.0.0.1:8080",
     api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="DELIBERATE_API_KEY", help="With tenants.")
+        str | None,
+        typer.Option("--api-key", envvar="DELIBERATE_API_KEY", help="An admin key, with tenants."),
     ] = None,
 ) -> None:
     """Write the running gateway's policy, with its live (online) quality tables, to --out."""

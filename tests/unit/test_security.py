@@ -255,3 +255,21 @@ async def test_one_request_over_the_tenant_limit_gets_429_and_costs_nothing(
     # slots are released when requests end; the refused one was never charged: 2 ran before
     after = await client.post("/v1/chat/completions", json=CHAT, headers=USER)
     assert after.status_code == 200 and after.headers["x-ratelimit-remaining-requests"] == "97"
+
+
+@pytest.mark.anyio
+async def test_every_way_a_request_ends_gives_its_slot_back(
+    gateway: Factory, fake: FakeVLLM
+) -> None:
+    client, registry = await gateway(tenant_config(max_concurrent_requests=1))
+    post = "/v1/chat/completions"
+    streamed = await client.post(post, json={**CHAT, "stream": True}, headers=USER)
+    assert streamed.status_code == 200 and "[DONE]" in streamed.text
+    assert (await client.post(post, json={**CHAT, "n": "x"}, headers=USER)).status_code == 400
+    assert (await client.post(post, content=b"{nope", headers=USER)).status_code == 400
+    fake.replica(A).status = 500
+    assert (await client.post(post, json=CHAT, headers=USER)).status_code >= 500
+    fake.replica(A).status = 200
+    # with a limit of 1, any slot left behind would refuse this one
+    assert (await client.post(post, json=CHAT, headers=USER)).status_code == 200
+    assert registry.get_sample_value("deliberate_tenant_concurrency_rejections_total") == 0

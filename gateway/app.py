@@ -121,7 +121,7 @@ def create_app(
             yield
         finally:
             if stop_metrics is not None:
-                stop_metrics()
+                await asyncio.to_thread(stop_metrics)  # joins its thread: off the loop
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)

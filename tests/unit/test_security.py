@@ -13,9 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from budgets.tenants import TenantDirectory
 from gateway.context import request_id_from
+from gateway.metrics_server import split_bind
+from gateway.settings import Settings
 from routing.budget_config import TenantConfig
 from routing.config import DeliberateConfig
 from tests.fakes import FakeVLLM
@@ -273,3 +276,18 @@ async def test_every_way_a_request_ends_gives_its_slot_back(
     # with a limit of 1, any slot left behind would refuse this one
     assert (await client.post(post, json=CHAT, headers=USER)).status_code == 200
     assert registry.get_sample_value("deliberate_tenant_concurrency_rejections_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9464", ("::1", 9464))],
+)
+def test_metrics_bind_forms(bind: str, expected: tuple[str, int]) -> None:
+    assert Settings(metrics_bind=bind).metrics_bind == bind
+    assert split_bind(bind) == expected
+
+
+@pytest.mark.parametrize("bind", ["9464", ":9464", "host", "a b:1", "::1:9464"])
+def test_metrics_bind_needs_host_and_port(bind: str) -> None:
+    with pytest.raises(ValidationError, match="metrics_bind"):
+        Settings(metrics_bind=bind)

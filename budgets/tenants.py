@@ -1,5 +1,9 @@
 """API keys → tenants. Keys are kept only as SHA-256 digests and compared in constant time.
 
+Every presented key, whatever its length, scheme or existence, is hashed to one 32-byte digest
+and compared with every configured digest: a missing, malformed, unknown or almost-right key
+takes the same path, so the time taken says nothing about which keys exist or how close one is.
+
 Pure: the environment is passed in, nothing is read or logged here. A tenant whose
 ``key_env`` variable is unset is disabled (the caller logs the returned warning, never a key).
 """
@@ -8,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from budgets.ledger import Limit, TenantLimits
 from routing.budget_config import TenantConfig
 
 ANONYMOUS = "anonymous"
+Compare = Callable[[bytes, bytes], bool]
+"""Equality of two digests; ``hmac.compare_digest`` (constant time) unless a test counts calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +28,8 @@ class Tenant:
     name: str
     limits: TenantLimits
     default_route: str | None = None
+    max_concurrent: int | None = None  # completion requests at once; None = no limit
+    admin: bool = False  # may read /metrics, /openapi.json, explain, export
 
 
 def limits_of(cfg: TenantConfig) -> TenantLimits:
@@ -57,6 +65,7 @@ class TenantDirectory:
     entries: tuple[tuple[bytes, Tenant], ...] = ()
     configured: bool = False
     warnings: tuple[str, ...] = field(default=())
+    compare: Compare = field(default=hmac.compare_digest, repr=False, compare=False)
 
     @classmethod
     def build(cls, configs: Sequence[TenantConfig], env: Mapping[str, str]) -> TenantDirectory:
@@ -74,7 +83,14 @@ class TenantDirectory:
                     )
                     continue
                 key_digest = digest(value)
-            entries.append((key_digest, Tenant(cfg.name, limits_of(cfg), cfg.default_route)))
+            tenant = Tenant(
+                cfg.name,
+                limits_of(cfg),
+                cfg.default_route,
+                max_concurrent=cfg.max_concurrent_requests,
+                admin=cfg.admin,
+            )
+            entries.append((key_digest, tenant))
         return cls(tuple(entries), bool(configs), tuple(warnings))
 
     @property
@@ -84,17 +100,17 @@ class TenantDirectory:
     def authenticate(self, authorization: str | None) -> Tenant | None:
         """The tenant holding the bearer key; None for a missing or unknown key.
 
-        Every configured digest is compared (no early exit), so timing says nothing about
-        which key, or how much of one, matched.
+        One path for every caller: the token (empty when there is none) is hashed to a
+        fixed-length digest and compared with every configured digest (no early exit), so
+        timing says nothing about which key, or how much of one, matched.
         """
         if self.open:
             return Tenant(ANONYMOUS, TenantLimits(ANONYMOUS))
         token = bearer_token(authorization)
-        if token is None:
-            return None
-        presented = digest(token)
+        presented = digest(token or "")
         found: Tenant | None = None
         for key_digest, tenant in self.entries:
-            if hmac.compare_digest(presented, key_digest):
+            # compare first, always: a missing token must not skip the comparisons
+            if self.compare(presented, key_digest) and token is not None:
                 found = tenant
         return found

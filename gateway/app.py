@@ -17,8 +17,11 @@ from budgets.snapshot import fresh
 from gateway.backends.pool import Pool, build_transport
 from gateway.backends.scraper import BackendScraper
 from gateway.budgeting import BudgetService, build_store
+from gateway.http.access import AccessPolicy
 from gateway.http.api import router
 from gateway.http.errors import install_error_handlers
+from gateway.http.timeouts import BodyDeadline
+from gateway.metrics_server import start_metrics_server
 from gateway.policy_state import build_state, init_metrics
 from gateway.reload import ConfigWatcher, file_stamp
 from gateway.services import Services
@@ -109,9 +112,16 @@ def create_app(
             loops.append(asyncio.create_task(watcher.run()))
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.reload)
+        stop_metrics = (
+            start_metrics_server(settings.metrics_bind, metrics.registry)
+            if settings.metrics_bind
+            else None
+        )
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                await asyncio.to_thread(stop_metrics)  # joins its thread: off the loop
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
@@ -128,5 +138,9 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    # /docs stays off: Swagger UI loads its script from a CDN and a browser cannot send the
+    # admin key; /openapi.json (under the access policy) is the machine-readable contract.
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
+    app.add_middleware(AccessPolicy)
     app.include_router(router)
     return app

@@ -23,7 +23,13 @@ from budgets.memory_store import MemoryStore
 from budgets.redis_store import RedisStore
 from budgets.tenants import Tenant, TenantDirectory
 from gateway.context import RequestContext
-from gateway.errors import AuthenticationFailed, BudgetStoreUnavailable, RateLimited
+from gateway.errors import (
+    AuthenticationFailed,
+    BudgetStoreUnavailable,
+    PermissionDenied,
+    RateLimited,
+    TenantConcurrencyExceeded,
+)
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig
 
@@ -85,6 +91,7 @@ class BudgetService:
         for warning in self.tenants.warnings:
             log.warning("config: %s", warning)
         self._in_flight = 0
+        self._running: dict[str, int] = {}  # completion requests per tenant name, right now
         self._tenant_labels = tenant_labels
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -96,6 +103,53 @@ class BudgetService:
                 f"{what}; send `Authorization: Bearer <key>` with a key configured for a tenant"
             )
         return tenant
+
+    def authorize_admin(self, authorization: str | None) -> Tenant:
+        """The caller of an admin-only endpoint: anyone while no tenants are configured (open
+        access), else a tenant marked ``admin``; 401 for no or an unknown key, 403 for a
+        tenant key without the flag. The messages name no tenant, route or limit."""
+        tenant = self.authenticate(authorization)
+        if self.tenants.configured and not tenant.admin:
+            raise PermissionDenied("this endpoint needs an admin API key")
+        return tenant
+
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether the caller may see admin detail (always, while access is open)."""
+        try:
+            self.authorize_admin(authorization)
+        except (AuthenticationFailed, PermissionDenied):
+            return False
+        return True
+
+    def enter(self, tenant: Tenant, ctx: RequestContext) -> None:
+        """Count a completion request against its tenant's ``max_concurrent_requests`` until
+        ``settle``; over it, 429 before anything is reserved (so nothing is charged)."""
+        running = self._running.get(tenant.name, 0)
+        if tenant.max_concurrent is not None and running >= tenant.max_concurrent:
+            self.metrics.tenant_concurrency_rejections.inc()
+            raise TenantConcurrencyExceeded(
+                f"this API key already has {running} requests running, its limit; "
+                "retry when one has finished",
+                headers={"retry-after": "1"},
+            )
+        self._running[tenant.name] = running + 1
+        ctx.running_as = tenant.name
+        self._show_running(tenant.name)
+
+    def _leave(self, ctx: RequestContext) -> None:
+        name, ctx.running_as = ctx.running_as, None
+        if name is None:
+            return
+        left = self._running.get(name, 1) - 1
+        if left > 0:
+            self._running[name] = left
+        else:
+            self._running.pop(name, None)
+        self._show_running(name)
+
+    def _show_running(self, name: str) -> None:
+        if self._tenant_labels:  # opt-in: tenant names become label values
+            self.metrics.tenant_in_flight.labels(name).set(self._running.get(name, 0))
 
     async def reserve(self, tenant: Tenant, tokens: int, ctx: RequestContext) -> None:
         """Hold ``tokens`` of the tenant's budget for this request, or raise 429/503."""
@@ -172,7 +226,9 @@ class BudgetService:
 
     async def settle(self, ctx: RequestContext) -> None:
         """Charge what the request used (release if nothing is known to have been used).
-        Idempotent, and it completes even if the caller is being cancelled."""
+        Idempotent, and it completes even if the caller is being cancelled. Also ends the
+        request's turn in its tenant's concurrency count."""
+        self._leave(ctx)
         reservation, ctx.reservation = ctx.reservation, None
         if reservation is None:
             return

@@ -95,7 +95,8 @@ def policy_export(
     out: Annotated[Path, typer.Option("--out", help="Where to write the policy file.")],
     url: Annotated[str, typer.Option("--url", help="The gateway.")] = "http://127.0.0.1:8080",
     api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="DELIBERATE_API_KEY", help="With tenants.")
+        str | None,
+        typer.Option("--api-key", envvar="DELIBERATE_API_KEY", help="An admin key, with tenants."),
     ] = None,
 ) -> None:
     """Write the running gateway's policy, with its live (online) quality tables, to --out."""
@@ -169,6 +170,7 @@ def _run(settings: Settings) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http.timeouts import header_protocol
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -179,14 +181,22 @@ def _run(settings: Settings) -> None:
         f"[bold green]Deliberate[/bold green] gateway on http://{settings.host}:{settings.port}/v1 "
         f"(config {settings.config})"
     )
+    app = create_app(settings)
+
+    def headers_timed_out() -> None:
+        services = getattr(app.state, "services", None)
+        if services is not None:
+            services.metrics.client_timeouts.labels("headers").inc()
+
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
         loop="auto",
-        http="auto",
+        # httptools with a deadline on each request's headers (slow clients get 408)
+        http=header_protocol(settings.header_timeout_s, headers_timed_out),
         # SIGTERM: stop accepting, let in-flight requests finish for this long, then cancel
         # them (their cleanup releases budget reservations and aborts backend calls).
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),

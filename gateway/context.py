@@ -16,12 +16,14 @@ from routing.decision import Decision
 from routing.sampling import SamplingPlan
 from strategies.usage import Usage
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+MAX_REQUEST_ID = 128
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]+")
 
 
 def request_id_from(header: str | None) -> str:
-    """The client's ``x-request-id`` when it is a sane token, else a fresh one."""
-    if header is not None and _SAFE_ID.match(header):
+    """The client's ``x-request-id`` when it is a sane token (``[A-Za-z0-9._:@/+=-]``, 1 to 128
+    characters), else a fresh one; a rejected value is never echoed back or logged."""
+    if header is not None and len(header) <= MAX_REQUEST_ID and _SAFE_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
 
@@ -40,6 +42,7 @@ class RequestContext:
     usage: Usage = Usage()
     stream_done: bool = False  # the backend's stream was relayed to its end
     tenant: str | None = None
+    running_as: str | None = None  # counted in this tenant's concurrency until settled
     decision: Decision | None = None
     reservation: Reservation | None = None  # held until settled, exactly once
     token_ceiling: int | None = None  # worst case of prompt + generated tokens (reserved)

@@ -149,12 +149,34 @@ class AuthenticationFailed(DeliberateError):
     default_code = "invalid_api_key"
 
 
+class PermissionDenied(DeliberateError):
+    """A valid key without the admin flag on an admin-only endpoint (403)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client sent its request body too slowly (408); the connection is closed."""
+
+    status_code = 408
+    default_code = "request_timeout"
+
+
 class RateLimited(DeliberateError):
     """The tenant's token or request budget cannot hold this request now (429)."""
 
     status_code = 429
     error_type = "rate_limit_exceeded"
     default_code = "rate_limit_exceeded"
+
+
+class TenantConcurrencyExceeded(RateLimited):
+    """The tenant already has ``max_concurrent_requests`` requests running (429); nothing
+    was reserved or charged."""
+
+    default_code = "tenant_concurrency_exceeded"
 
 
 class Overloaded(DeliberateError):

@@ -39,3 +39,18 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(
         2.0, gt=0, description="Per-replica timeout of the /ready probe."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A client must send a request's headers within this many seconds of connecting (or of its first byte on a kept-alive connection), else 408 and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A client must send the whole request body within this many seconds of its headers, else 408 and the connection is closed.",
+    )
+    metrics_bind: str | None = Field(
+        None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT (or [IPv6]:PORT) of a second listener serving only /metrics, without a key (for Prometheus on a private network); unset = none.",
+    )

@@ -173,6 +173,29 @@ class Metrics:
             ["tenant", "window"],
             registry=registry,
         )
+        # Slow clients and per-tenant concurrency (gateway/http/timeouts.py, budgeting.py).
+        self.client_timeouts = Counter(
+            "deliberate_client_timeouts",
+            "Requests cut off (408, connection closed) because the client sent its headers or "
+            "its body too slowly, by phase.",
+            ["phase"],
+            registry=registry,
+        )
+        for phase in ("headers", "body"):
+            self.client_timeouts.labels(phase)
+        self.tenant_concurrency_rejections = Counter(
+            "deliberate_tenant_concurrency_rejections",
+            "Requests refused with 429 tenant_concurrency_exceeded: their tenant already had "
+            "max_concurrent_requests running on this replica (nothing reserved or charged).",
+            registry=registry,
+        )
+        self.tenant_in_flight = Gauge(
+            "deliberate_tenant_requests_in_flight",
+            "Completion requests running per tenant on this replica (only with "
+            "DELIBERATE_METRICS_TENANT_LABELS=true).",
+            ["tenant"],
+            registry=registry,
+        )
         self.detail = DetailMetrics(registry)
         self.build_info = Gauge(
             "deliberate_build_info",

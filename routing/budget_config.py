@@ -97,6 +97,15 @@ class TenantConfig(_Strict):
     default_route: Name | None = Field(
         None, description="Route for this tenant's model 'auto' requests (instead of the router)."
     )
+    max_concurrent_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Completion requests of this tenant running at once on one gateway process; more get 429 tenant_concurrency_exceeded.",
+    )
+    admin: bool = Field(
+        False,
+        description="This key may also read /metrics, /openapi.json, /v1/route/explain, /v1/policy/export and the /ready detail.",
+    )
 
     @model_validator(mode="after")
     def _one_key(self) -> TenantConfig:

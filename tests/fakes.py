@@ -35,6 +35,7 @@ class FakeReplica:
     waiting: int = 0
     running: int = 0
     kv_capacity_tokens: int = 10_000
+    gate: asyncio.Event | None = None  # completions wait until it is set (to overlap requests)
 
     def next_words(self) -> tuple[str, ...]:
         """The words of the next completion call (see ``word_scripts``)."""
@@ -100,6 +101,8 @@ class FakeVLLM:
                 200, json={"count": count, "max_model_len": rep.max_model_len, "tokens": []}
             )
         if path in ("/v1/chat/completions", "/v1/completions"):
+            if rep.gate is not None:
+                await rep.gate.wait()
             chat = path.endswith("chat/completions")
             words = rep.next_words()
             if body.get("stream"):

@@ -63,6 +63,7 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
     try:
         tenant = services.budgets.authenticate(request.headers.get("authorization"))
         ctx.tenant = tenant.name
+        services.budgets.enter(tenant, ctx)  # per-tenant concurrency, released by settle
         raw = await read_body(request, services.config.limits.max_body_bytes)
         answer = await until_disconnect(
             request, ctx, complete(services, endpoint, raw, ctx, tenant)
@@ -251,7 +252,9 @@ async def ready(request: Request) -> Response:
         for p, ok in zip(pools, results, strict=True)
     }
     is_ready = all(d["ready"] for d in detail.values())
-    body = {"status": "ready" if is_ready else "not_ready", "backends": detail}
+    body: dict[str, Any] = {"status": "ready" if is_ready else "not_ready"}
+    if services.budgets.is_admin(request.headers.get("authorization")):
+        body["backends"] = detail  # pool names and replica URLs: admins (or open access) only
     return json_response(body, 200 if is_ready else 503)
 
 

@@ -57,7 +57,8 @@ def write_config(
                 "budget": {"max_total_tokens": 96},
             },
         ],
-        "tenants": [{"name": "team", "key_env": "BUDGET_TEST_KEY", **limits}],
+        # admin: the tests read /metrics with the tenant's key
+        "tenants": [{"name": "team", "key_env": "BUDGET_TEST_KEY", "admin": True, **limits}],
         "budget_store": {"fail_mode": fail_mode, "key_prefix": prefix},
     }
     path = directory / f"budgets-{uuid.uuid4().hex[:8]}.yaml"
@@ -141,7 +142,7 @@ def test_fifty_concurrent_requests_keep_the_tenant_budget(
         assert committed(redis_url, prefix) == sum(used)
         assert sum(used) <= limit
         assert open_reservations(redis_url, prefix) == 0
-        metrics = httpx.get(url + "/metrics").text
+        metrics = httpx.get(url + "/metrics", headers=AUTH).text
         assert "deliberate_budget_reservations_in_flight 0.0" in metrics
 
 
@@ -292,7 +293,7 @@ def test_redis_outage(
             assert [r.status_code for r in during] == [200] * 3  # served, counted locally
             assert (
                 'deliberate_budget_store_errors_total{op="reserve"} 3.0'
-                in httpx.get(url + "/metrics").text
+                in httpx.get(url + "/metrics", headers=AUTH).text
             )
         else:
             for r in during:

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import MODEL, running_gateway
+from tests.integration.conftest import MODEL, free_port, running_gateway
 from tests.prometheus_server import (
     ALERTS_FILE,
     PROMETHEUS_CONFIG,
@@ -65,7 +65,16 @@ def _host(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def events_gateway(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def events_metrics() -> str:
+    """The events gateway's DELIBERATE_METRICS_BIND: with tenants, its main port serves
+    /metrics to admin keys only, so Prometheus scrapes this private listener."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def events_gateway(
+    gateway_config: Path, tmp_path_factory: pytest.TempPathFactory, events_metrics: str
+) -> Iterator[str]:
     """A gateway on the session policy plus tenants, SLO-tight routes and a cascade."""
     config = yaml.safe_load(gateway_config.read_text())
     config["routes"] += [
@@ -113,7 +122,7 @@ def events_gateway(gateway_config: Path, tmp_path_factory: pytest.TempPathFactor
     workdir = tmp_path_factory.mktemp("events-gateway")
     path = workdir / "routes.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {"DELIBERATE_METRICS_TENANT_LABELS": "true"}
+    env = {"DELIBERATE_METRICS_TENANT_LABELS": "true", "DELIBERATE_METRICS_BIND": events_metrics}
     with running_gateway(path, workdir, env) as url:
         yield url
 
@@ -122,6 +131,7 @@ def events_gateway(gateway_config: Path, tmp_path_factory: pytest.TempPathFactor
 def prometheus(
     gateway_url: str,
     events_gateway: str,
+    events_metrics: str,
     backend_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PrometheusServer]:
@@ -133,7 +143,7 @@ def prometheus(
         "evaluation_interval": f"{SCRAPE_S}s",
     }
     targets = {
-        "deliberate": [_host(gateway_url), _host(events_gateway)],
+        "deliberate": [_host(gateway_url), events_metrics],
         "vllm": [_host(backend_url)],
     }
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}

@@ -166,6 +166,7 @@ def _run(settings: Settings) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http.server import OpenAIErrorHttpProtocol
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -183,7 +184,7 @@ def _run(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         loop="auto",
-        http="auto",
+        http=OpenAIErrorHttpProtocol,  # httptools, with OpenAI-shaped 400s for malformed HTTP
         # SIGTERM: stop accepting, let in-flight requests finish for this long, then cancel
         # them (their cleanup releases budget reservations and aborts backend calls).
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),

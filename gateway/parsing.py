@@ -9,6 +9,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import InvalidRequest
+from gateway.schemas import INT_FIELDS
 from routing.loader import format_loc
 
 
@@ -20,23 +21,52 @@ def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {e}", code="invalid_json") from e
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    check_writable(payload)
     try:
         validated = schema.model_validate(payload)
     except ValidationError as e:
         param, message = describe_validation_error(e)
         raise InvalidRequest(message, param=param) from e
-    # pydantic accepts 3.0 for an int field; every limit below compares ints, so the checked
-    # value (not the client's spelling) is what travels on.
-    for key in _INT_FIELDS:
+    # An int field takes 3.0; every limit below compares ints, so the checked value (not the
+    # client's spelling) is what travels on.
+    for key in INT_FIELDS:
         value = payload.get(key)
         if isinstance(value, float):
             payload[key] = getattr(validated, key)
     return payload
 
 
+# orjson reads 1,024 levels of nesting but writes only 254, and every backend body is written
+# by it: a value must leave room for the few levels a strategy wraps around the client's.
+_WRITE_MARGIN = 8
+
+
+def _writable(value: Any) -> bool:
+    wrapped = value
+    for _ in range(_WRITE_MARGIN):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
+def check_writable(payload: dict[str, Any]) -> None:
+    """400 naming the field nested too deeply to be forwarded (one write when none is)."""
+    if _writable(payload):
+        return
+    param = next((k for k, v in payload.items() if not _writable(v)), None)
+    where = f"'{param}'" if param else "the request body"
+    raise InvalidRequest(
+        f"Invalid value for {where}: nested too deeply (at most {254 - _WRITE_MARGIN} levels)",
+        param=param,
+        code="nested_too_deeply",
+    )
+
+
 # pydantic names the member of a union that failed ("str", "list[str]", "ChatMessage"...) in
 # the error location; clients need the field, so the location is cut before such a tag.
-_INT_FIELDS = ("n", "max_tokens", "max_completion_tokens", "seed", "top_logprobs", "best_of")
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
 
 

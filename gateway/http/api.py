@@ -26,8 +26,10 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.http.errors import error_response, json_response
+from gateway.http.openapi import ModelList, error_responses, json_body
 from gateway.pipeline import Answer, complete
 from gateway.policy_export import export_policy
+from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from metrics.registry import RejectReason
 
@@ -40,17 +42,34 @@ _REJECTIONS: dict[type[DeliberateError], RejectReason] = {
 }
 
 
+_COMPLETION_ERRORS = error_responses(400, 401, 404, 413, 429, 503, 504)
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; an SSE stream of chunks with `stream: true`.",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+}
+
+
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=json_body(ChatCompletionRequest),
+    responses={**_ANSWERS, **_COMPLETION_ERRORS},
+)
 async def chat_completions(request: Request) -> Response:
     return await _completion(request, "chat")
 
 
-@router.post("/v1/completions")
+@router.post(
+    "/v1/completions",
+    openapi_extra=json_body(CompletionRequest),
+    responses={**_ANSWERS, **_COMPLETION_ERRORS},
+)
 async def completions(request: Request) -> Response:
     return await _completion(request, "completions")
 
@@ -178,7 +197,11 @@ async def until_disconnect(request: Request, ctx: RequestContext, work: Awaitabl
     return job.result()
 
 
-@router.post("/v1/route/explain")
+@router.post(
+    "/v1/route/explain",
+    openapi_extra=json_body(ChatCompletionRequest),
+    responses=error_responses(400, 401, 404, 413),
+)
 async def route_explain(request: Request) -> Response:
     """The routing decision for a chat completion body, without generating or reserving."""
     services = services_of(request)
@@ -203,7 +226,7 @@ async def policy_export(request: Request) -> Response:
     return Response(text, 200, headers, media_type="application/yaml")
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}})
 async def models(request: Request) -> Response:
     services = services_of(request)
     created = int(time.time())

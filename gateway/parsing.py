@@ -33,6 +33,8 @@ def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
         value = payload.get(key)
         if isinstance(value, float):
             payload[key] = getattr(validated, key)
+    if isinstance(payload.get("prompt"), list):  # token ids as ints too (3.0 → 3)
+        payload["prompt"] = getattr(validated, "prompt", payload["prompt"])
     return payload
 
 
@@ -70,15 +72,27 @@ def check_writable(payload: dict[str, Any]) -> None:
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
 
 
+_KEY = "[key]"  # pydantic's marker after a map key that failed (not its value)
+_MAX_SEGMENT = 64  # map keys are the client's: a param stays short whatever they are
+
+
+def _segment(part: int | str) -> int | str:
+    if isinstance(part, str) and len(part) > _MAX_SEGMENT:
+        return part[: _MAX_SEGMENT - 3] + "..."
+    return part
+
+
 def describe_validation_error(error: ValidationError) -> tuple[str | None, str]:
     """The OpenAI ``param`` (e.g. ``messages[0].role``) and a message for the first problem."""
     located: list[tuple[str, str]] = []
     for err in error.errors(include_url=False):
-        loc = list(err["loc"])
+        loc, msg = list(err["loc"]), str(err["msg"])
+        if loc and loc[-1] == _KEY:
+            loc, msg = loc[:-1], f"{msg} (the key, not its value)"
         cut = next(
             (i for i, p in enumerate(loc) if isinstance(p, str) and _UNION_TAG.match(p)), None
         )
-        located.append((format_loc(loc[:cut]), str(err["msg"])))
+        located.append((format_loc([_segment(p) for p in loc[:cut]]), msg))
     param = located[0][0]
     reasons = list(dict.fromkeys(msg for p, msg in located if p == param))
     where = f"'{param}'" if param else "the request body"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
@@ -34,6 +34,20 @@ INT_FIELDS = (
 """Top-level int fields, which may be spelt as an integral float (``3.0``, ``1e3``: JSON
 parsers read big integers as floats)."""
 TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+LogitBias = Annotated[
+    dict[TokenId, Bias],
+    # pydantic writes only patternProperties, which lets any other key through in JSON Schema.
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[0-9]{1,10}$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        }
+    ),
+]
+"""Token id (a decimal string) → bias in [-100, 100]."""
+TokenIds = list[Annotated[Int, Field(ge=0)]]
 
 
 class _Open(BaseModel):
@@ -81,6 +95,14 @@ class StreamOptions(_Open):
     continuous_usage_stats: bool | None = None
 
 
+def _integral_tree(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_tree(v) for v in value]
+    return value
+
+
 class _SamplingFields(_Open):
     """Fields shared by chat and legacy completions."""
 
@@ -105,7 +127,7 @@ class _SamplingFields(_Open):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     user: str | None = None
 
 
@@ -127,7 +149,14 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     """``POST /v1/completions`` (legacy, single-pass only)."""
 
-    prompt: str | list[str] | list[Int] | list[list[Int]]
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_token_ids(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(prompt := data.get("prompt"), list):
+            return {**data, "prompt": [_integral_tree(p) for p in prompt]}
+        return data
+
+    prompt: str | list[str] | TokenIds | list[TokenIds]
     logprobs: Int | None = Field(None, ge=0, le=20)
     echo: bool | None = None
     suffix: str | None = None

@@ -170,7 +170,9 @@ CORPUS: list[Hostile] = [
     ),
     _bad("tool-choice-bogus", chat(tool_choice="sometimes"), "tool_choice"),
     _bad("logit-bias-list", chat(logit_bias=[1, 2]), "logit_bias"),
-    Hostile("logit-bias-word-key", chat(logit_bias={"hello": 1}), param_prefix="logit_bias"),
+    _bad("logit-bias-word-key", chat(logit_bias={"hello": 1}), "logit_bias.hello"),
+    Hostile("logit-bias-1mb-key", chat(logit_bias={"k" * MB: 1}), param_prefix="logit_bias.kkk"),
+    Hostile("metadata-1mb-key", chat(metadata={"k" * MB: 1}), param_prefix="metadata.kkk"),
     _bad("logit-bias-value-string", chat(logit_bias={"50256": "x"}), "logit_bias.50256"),
     _bad("logit-bias-out-of-range", chat(logit_bias={"1": 1000}), "logit_bias.1"),
     # --- not JSON, or not an object -----------------------------------------------------------

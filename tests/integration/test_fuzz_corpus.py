@@ -30,6 +30,7 @@ from tests.integration.hostile import CORPUS, Hostile
 
 MOCK = Path(__file__).resolve().parents[2] / "bench" / "mock_openai.py"
 MAX_LOG_LINE = 1024
+MAX_ERROR_BODY = 8 * 1024
 CHUNK = 64 * 1024
 BODY_LIMIT = 4 * 1024 * 1024  # limits.max_body_bytes of the shipped policy
 
@@ -201,6 +202,7 @@ def test_hostile_request(gateway: Gateway, case: Hostile) -> None:
     assert b"Traceback" not in reply.body and b'File "' not in reply.body
     if reply.status >= 400:
         assert_error_shape(reply, case)
+        assert len(reply.body) <= MAX_ERROR_BODY, "an error echoed the client's input"
     if case.big is not None:
         chunked = case.big[1]
         # A declared length is refused from the header; a chunked body once past the limit.

@@ -50,10 +50,49 @@ async def test_lax_values_are_refused(
     assert not fake.completions_received()
 
 
-async def test_logit_bias_key_must_be_a_token_id(gateway: Factory) -> None:
+async def test_a_bad_map_key_is_named_briefly(gateway: Factory) -> None:
     client, _ = await gateway()
     r = await client.post("/v1/chat/completions", json={**CHAT, "logit_bias": {"hello": 1}})
-    assert str(assert_openai_error(r, 400)["param"]).startswith("logit_bias")
+    err = assert_openai_error(r, 400, "logit_bias.hello")
+    assert "(the key, not its value)" in err["message"]
+    r = await client.post("/v1/chat/completions", json={**CHAT, "metadata": {"k" * 10_000: 1}})
+    err = assert_openai_error(r, 400)
+    assert err["param"] == "metadata." + "k" * 61 + "..." and len(err["message"]) < 300
+
+
+async def test_an_unknown_model_is_quoted_briefly(gateway: Factory) -> None:
+    client, _ = await gateway()
+    r = await client.post("/v1/chat/completions", json={**CHAT, "model": "m" * 100_000})
+    err = assert_openai_error(r, 404, "model")
+    assert "m" * 97 + "..." in err["message"] and len(err["message"]) < 1000
+
+
+@pytest.mark.parametrize(
+    ("prompt", "sent"),
+    [([1, 2.0], [1, 2]), ([[1.0], [2]], [[1], [2]]), ("3.0", "3.0")],
+)
+async def test_token_ids_may_be_integral_floats(
+    gateway: Factory, fake: FakeVLLM, prompt: Any, sent: Any
+) -> None:
+    client, _ = await gateway()
+    r = await client.post("/v1/completions", json={"model": "auto", "prompt": prompt})
+    assert r.status_code == 200, r.text
+    assert fake.completions_received()[0]["prompt"] == sent
+    assert all(isinstance(t, int) for t in str_or_flat(fake.completions_received()[0]["prompt"]))
+
+
+def str_or_flat(prompt: Any) -> list[Any]:
+    if isinstance(prompt, str):
+        return []
+    return [t for p in prompt for t in (p if isinstance(p, list) else [p])]
+
+
+@pytest.mark.parametrize("prompt", [[-1], [True], [[3.5]], [1, "a"]])
+async def test_bad_token_ids_are_refused(gateway: Factory, fake: FakeVLLM, prompt: Any) -> None:
+    client, _ = await gateway()
+    r = await client.post("/v1/completions", json={"model": "auto", "prompt": prompt})
+    assert_openai_error(r, 400, "prompt")
+    assert not fake.completions_received()
 
 
 async def test_integral_floats_travel_as_ints(gateway: Factory, fake: FakeVLLM) -> None:

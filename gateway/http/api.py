@@ -42,7 +42,7 @@ _REJECTIONS: dict[type[DeliberateError], RejectReason] = {
 }
 
 
-_COMPLETION_ERRORS = error_responses(400, 401, 404, 413, 429, 503, 504)
+_COMPLETION_ERRORS = error_responses(400, 401, 404, 413, 429, 502, 503, 504)
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The completion; an SSE stream of chunks with `stream: true`.",

@@ -46,6 +46,7 @@ _ERRORS = {
     404: "`model` names no route, backend model or `auto`.",
     413: "The body exceeds `limits.max_body_bytes`.",
     429: "The tenant's token or request budget cannot hold the request now.",
+    502: "The backend failed (its 5xx, or an answer that is not JSON).",
     503: "No backend replica, no admissible route, or the budget store is down.",
     504: "The route's deadline or the backend's read timeout ran out.",
 }

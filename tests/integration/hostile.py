@@ -150,6 +150,7 @@ CORPUS: list[Hostile] = [
         200,
     ),
     Hostile("content-null-byte", with_message(content="a\u0000b"), 200),
+    Hostile("stream-valid", chat(stream=True, stream_options={"include_usage": True}), 200),
     # --- tools and logit_bias ---------------------------------------------------------------
     _bad("tools-object", chat(tools={"type": "function"}), "tools"),
     _bad("tools-no-function", chat(tools=[{"type": "function"}]), "tools[0].function"),

@@ -200,6 +200,8 @@ def test_hostile_request(gateway: Gateway, case: Hostile) -> None:
 
     assert reply.status == case.status, (reply.status, reply.body[:500])
     assert b"Traceback" not in reply.body and b'File "' not in reply.body
+    if reply.headers.get("content-type", "").startswith("text/event-stream"):
+        assert reply.body.endswith(b"data: [DONE]\n\n"), reply.body[-300:]
     if reply.status >= 400:
         assert_error_shape(reply, case)
         assert len(reply.body) <= MAX_ERROR_BODY, "an error echoed the client's input"

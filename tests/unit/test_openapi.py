@@ -49,7 +49,7 @@ async def test_openapi_documents_errors_and_model_list(gateway: Factory) -> None
     document = (await client.get("/openapi.json")).json()
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]
-    for status in ("400", "401", "404", "413", "429", "503", "504"):
+    for status in ("400", "401", "404", "413", "429", "502", "503", "504"):
         assert chat[status]["content"]["application/json"]["schema"] == error_ref, status
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
     explain = document["paths"]["/v1/route/explain"]["post"]["responses"]

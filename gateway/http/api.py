@@ -26,7 +26,12 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.http.errors import error_response, json_response
-from gateway.http.openapi import ModelList, error_responses, json_body
+from gateway.http.openapi import (
+    COMPLETION_RESPONSES,
+    EXPLAIN_RESPONSES,
+    MODELS_RESPONSES,
+    json_body,
+)
 from gateway.pipeline import Answer, complete
 from gateway.policy_export import export_policy
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -42,15 +47,6 @@ _REJECTIONS: dict[type[DeliberateError], RejectReason] = {
 }
 
 
-_COMPLETION_ERRORS = error_responses(400, 401, 404, 413, 429, 502, 503, 504)
-_ANSWERS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The completion; an SSE stream of chunks with `stream: true`.",
-        "content": {"application/json": {}, "text/event-stream": {}},
-    },
-}
-
-
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
@@ -59,7 +55,7 @@ def services_of(request: Request) -> Services:
 @router.post(
     "/v1/chat/completions",
     openapi_extra=json_body(ChatCompletionRequest),
-    responses={**_ANSWERS, **_COMPLETION_ERRORS},
+    responses=COMPLETION_RESPONSES,
 )
 async def chat_completions(request: Request) -> Response:
     return await _completion(request, "chat")
@@ -68,7 +64,7 @@ async def chat_completions(request: Request) -> Response:
 @router.post(
     "/v1/completions",
     openapi_extra=json_body(CompletionRequest),
-    responses={**_ANSWERS, **_COMPLETION_ERRORS},
+    responses=COMPLETION_RESPONSES,
 )
 async def completions(request: Request) -> Response:
     return await _completion(request, "completions")
@@ -200,7 +196,7 @@ async def until_disconnect(request: Request, ctx: RequestContext, work: Awaitabl
 @router.post(
     "/v1/route/explain",
     openapi_extra=json_body(ChatCompletionRequest),
-    responses=error_responses(400, 401, 404, 413),
+    responses=EXPLAIN_RESPONSES,
 )
 async def route_explain(request: Request) -> Response:
     """The routing decision for a chat completion body, without generating or reserving."""
@@ -226,7 +222,7 @@ async def policy_export(request: Request) -> Response:
     return Response(text, 200, headers, media_type="application/yaml")
 
 
-@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}})
+@router.get("/v1/models", responses=MODELS_RESPONSES)
 async def models(request: Request) -> Response:
     services = services_of(request)
     created = int(time.time())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -26,7 +26,8 @@ class ErrorResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
-    model_config = {"extra": "allow"}
+    model_config = ConfigDict(extra="allow")
+
     id: str
     object: str
     created: int
@@ -94,3 +95,14 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses`` of a route: the OpenAI error shape for each of ``statuses``."""
     return {s: {"model": ErrorResponse, "description": _ERRORS[s]} for s in statuses}
+
+
+COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; an SSE stream of chunks with `stream: true`.",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+    **error_responses(400, 401, 404, 413, 429, 502, 503, 504),
+}
+EXPLAIN_RESPONSES = error_responses(400, 401, 404, 413)
+MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelList}}

@@ -220,3 +220,15 @@ def test_hostile_request(gateway: Gateway, case: Hostile) -> None:
     assert len(lines) <= 1, logged[:3000]
     assert all(len(line) <= MAX_LOG_LINE for line in lines), logged[:3000]
     assert b"Traceback" not in logged
+
+
+def test_the_gateway_still_serves_after_the_corpus(gateway: Gateway) -> None:
+    assert httpx.get(gateway.url + "/health", timeout=10).status_code == 200
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=CORPUS[0].body, timeout=10)
+    assert r.status_code == 400  # the first case again: same answer
+    ok = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "single-pass", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"], ok.text

@@ -195,7 +195,8 @@ def _run(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         loop="auto",
-        # httptools with a deadline on each request's headers (slow clients get 408)
+        # httptools with a deadline on each request's headers (slow clients get 408) and
+        # OpenAI-shaped 400s for malformed HTTP
         http=header_protocol(settings.header_timeout_s, headers_timed_out),
         # SIGTERM: stop accepting, let in-flight requests finish for this long, then cancel
         # them (their cleanup releases budget reservations and aborts backend calls).

@@ -247,8 +247,9 @@ def decide(
             decision.request_class, decision.route, decision.source
         ).inc()
     if decision is None:
+        shown = model if len(model) <= 100 else model[:97] + "..."  # the client's text
         raise ModelNotFound(
-            f"model {model!r} is not a route, a backend model or 'auto'; "
+            f"model {shown!r} is not a route, a backend model or 'auto'; "
             f"available: {state.routes.model_ids()}",
             param="model",
         )

@@ -37,6 +37,7 @@ from gateway.decide import (
     sampling_plan,
 )
 from gateway.errors import (
+    BackendError,
     BackendTimeout,
     ContextLengthExceeded,
     InvalidRequest,
@@ -216,6 +217,12 @@ async def check_prompt_fits(
     max_len = pool.max_model_len
     if max_len is None or check_context(bound, cap, max_len, "messages") is None:
         return bound
+    if cap is not None and cap[1] >= max_len:  # no prompt is short enough: no need to count
+        raise ContextLengthExceeded(
+            f"{cap[0]}={cap[1]} leaves no room for a prompt in this model's context of "
+            f"{max_len} tokens",
+            param=cap[0],
+        )
     count = await count_prompt_tokens(pool, endpoint, payload, ctx)
     if count is None:
         return min(bound, max_len)
@@ -246,7 +253,14 @@ async def count_prompt_tokens(
         if not isinstance(prompt, str):
             return None  # batched prompts: leave it to vLLM
         req = {"model": pool.model, "prompt": prompt}
-    upstream = await open_upstream(pool, "/tokenize", orjson.dumps(req), ctx.request_id + "-tok")
+    try:
+        upstream = await open_upstream(
+            pool, "/tokenize", orjson.dumps(req), ctx.request_id + "-tok"
+        )
+    except BackendError as e:
+        if e.status == 404:
+            return None  # a backend without /tokenize (not vLLM)
+        raise
     try:
         data = orjson.loads(await upstream.response.aread())
     except (orjson.JSONDecodeError, httpx.HTTPError):

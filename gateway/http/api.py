@@ -26,8 +26,15 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.http.errors import error_response, json_response
+from gateway.http.openapi import (
+    COMPLETION_RESPONSES,
+    EXPLAIN_RESPONSES,
+    MODELS_RESPONSES,
+    json_body,
+)
 from gateway.pipeline import Answer, complete
 from gateway.policy_export import export_policy
+from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from metrics.registry import RejectReason
 
@@ -45,12 +52,20 @@ def services_of(request: Request) -> Services:
     return services
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=json_body(ChatCompletionRequest),
+    responses=COMPLETION_RESPONSES,
+)
 async def chat_completions(request: Request) -> Response:
     return await _completion(request, "chat")
 
 
-@router.post("/v1/completions")
+@router.post(
+    "/v1/completions",
+    openapi_extra=json_body(CompletionRequest),
+    responses=COMPLETION_RESPONSES,
+)
 async def completions(request: Request) -> Response:
     return await _completion(request, "completions")
 
@@ -179,7 +194,11 @@ async def until_disconnect(request: Request, ctx: RequestContext, work: Awaitabl
     return job.result()
 
 
-@router.post("/v1/route/explain")
+@router.post(
+    "/v1/route/explain",
+    openapi_extra=json_body(ChatCompletionRequest),
+    responses=EXPLAIN_RESPONSES,
+)
 async def route_explain(request: Request) -> Response:
     """The routing decision for a chat completion body, without generating or reserving."""
     services = services_of(request)
@@ -204,7 +223,7 @@ async def policy_export(request: Request) -> Response:
     return Response(text, 200, headers, media_type="application/yaml")
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=MODELS_RESPONSES)
 async def models(request: Request) -> Response:
     services = services_of(request)
     created = int(time.time())

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import RequestTimeout
+from gateway.http.server import OpenAIErrorHttpProtocol
 from gateway.services import Services
 
 
@@ -36,8 +37,9 @@ def timeout_response(message: str) -> bytes:
     return head.encode() + body
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on every request's headers.
+class HeaderDeadlineProtocol(OpenAIErrorHttpProtocol):
+    """uvicorn's httptools protocol with a deadline on every request's headers (and, from
+    ``OpenAIErrorHttpProtocol``, OpenAI-shaped answers to malformed HTTP).
 
     Subclass it with ``header_protocol`` (the deadline and the metric come from there).
     """

@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from pydantic import BaseModel
 
@@ -25,7 +24,7 @@ from budgets.limits import (
 )
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
-from gateway.backends.upstream import Upstream, open_upstream
+from gateway.backends.upstream import Upstream, open_upstream, read_json
 from gateway.compute import render_json, render_sse, stream_route
 from gateway.context import RequestContext
 from gateway.decide import (
@@ -39,6 +38,7 @@ from gateway.decide import (
 from gateway.errors import (
     BackendTimeout,
     ContextLengthExceeded,
+    DeliberateError,
     InvalidRequest,
 )
 from gateway.escalation import run_ladder
@@ -153,7 +153,7 @@ async def complete(
     try:
         async with asyncio.timeout(deadline.remaining_s):
             upstream = await open_upstream(
-                pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id
+                pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id, deadline=deadline
             )
             if not streaming:
                 return Answer(body=await read_json_body(upstream, ctx))
@@ -248,11 +248,9 @@ async def count_prompt_tokens(
         req = {"model": pool.model, "prompt": prompt}
     upstream = await open_upstream(pool, "/tokenize", orjson.dumps(req), ctx.request_id + "-tok")
     try:
-        data = orjson.loads(await upstream.response.aread())
-    except (orjson.JSONDecodeError, httpx.HTTPError):
+        _, data = await read_json(upstream)
+    except DeliberateError:
         return None
-    finally:
-        await upstream.aclose()
     count = data.get("count") if isinstance(data, dict) else None
     return count if isinstance(count, int) else None
 

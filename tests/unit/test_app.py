@@ -133,7 +133,8 @@ async def test_backend_failure_mid_stream_becomes_error_event(
     events = await read_sse(
         await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     )
-    assert json.loads(events[-1])["error"]["code"] == "backend_stream_error"
+    assert events[-1] == "[DONE]"  # the error event, then the stream ends as streams do
+    assert json.loads(events[-2])["error"]["code"] == "backend_stream_error"
     assert (
         registry.get_sample_value(
             "deliberate_requests_total",

@@ -135,6 +135,9 @@ class FaultyBackend:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # no Nagle delay on small answers (a mock must not add latency)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -317,6 +320,13 @@ class FaultyBackend:
         return out
 
 
+def _head(status: int, content_type: str, length: int | None, close: bool = False) -> bytes:
+    framing = f"content-length: {length}" if length is not None else "transfer-encoding: chunked"
+    if close:  # the connection ends with this response: no stale keep-alive for the client
+        framing += "\r\nconnection: close"
+    return f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n{framing}\r\n\r\n".encode()
+
+
 async def _start(
     writer: asyncio.StreamWriter,
     status: int,
@@ -324,28 +334,20 @@ async def _start(
     length: int | None,
     close: bool = False,
 ) -> None:
-    framing = f"content-length: {length}" if length is not None else "transfer-encoding: chunked"
-    if close:  # the connection ends with this response: no stale keep-alive for the client
-        framing += "\r\nconnection: close"
-    writer.write(
-        f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n{framing}\r\n\r\n".encode()
-    )
+    writer.write(_head(status, content_type, length, close))
     await writer.drain()
 
 
 async def _respond(
     writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str
 ) -> None:
-    await _start(writer, status, content_type, len(body))
-    writer.write(body)
+    writer.write(_head(status, content_type, len(body)) + body)  # one write: one segment
     await writer.drain()
 
 
 async def _respond_sse(writer: asyncio.StreamWriter, events: list[bytes]) -> None:
-    await _start(writer, 200, "text/event-stream", None)
-    for e in events:
-        writer.write(_chunk(e))
-    writer.write(b"0\r\n\r\n")
+    chunks = b"".join(_chunk(e) for e in events)
+    writer.write(_head(200, "text/event-stream", None) + chunks + b"0\r\n\r\n")
     await writer.drain()
 
 

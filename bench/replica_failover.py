@@ -1,6 +1,7 @@
 """Replica failover: what one dead replica of two costs a client, against two healthy ones.
 
-One run, one gateway process (``python -m gateway serve``), three two-replica pools, each
+One gateway process (``python -m gateway serve``) per concurrency level, started fresh so
+each level meets the dead replica for the first time, with three two-replica pools, each
 behind its own single-pass route, on mock backends with a fixed small latency
 (``tests.faulty_backend.FaultyBackend``, real sockets, ``--latency-ms`` per answer):
 
@@ -191,33 +192,39 @@ def main() -> None:
         "hang": [hung.url, healthy_b.url],
     }
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "routes.yaml"
-        config.write_text(yaml.safe_dump(gateway_config(pools, args.read_s), sort_keys=False))
-        proc, url = start_gateway(config, Path(tmp) / "gateway.log")
-        started = time.monotonic()
-        try:
-            for c in args.concurrency:
-                samples = asyncio.run(measure(url, c, args.requests, args.blocks))
-                stats = {s: summarise(samples[s], args.slow_ms) for s in SCENARIOS}
-                base = stats["healthy"]
-                for s in SCENARIOS:
-                    stats[s]["added_p50_ms"] = round(stats[s]["p50_ms"] - base["p50_ms"], 2)
-                    stats[s]["added_p99_ms"] = round(stats[s]["p99_ms"] - base["p99_ms"], 2)
-                results[f"c{c}"] = stats
-            metrics = httpx.get(url + "/metrics", timeout=5).text
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            for b in (healthy_a, healthy_b, hung):
-                b.stop()
+    ejections: dict[str, dict[str, float]] = {}
+    started = time.monotonic()
+    try:
+        for c in args.concurrency:
+            # A fresh gateway per level: each one meets the dead replica for the first time.
+            with tempfile.TemporaryDirectory() as tmp:
+                config = Path(tmp) / "routes.yaml"
+                config.write_text(
+                    yaml.safe_dump(gateway_config(pools, args.read_s), sort_keys=False)
+                )
+                proc, url = start_gateway(config, Path(tmp) / "gateway.log")
+                try:
+                    samples = asyncio.run(measure(url, c, args.requests, args.blocks))
+                    metrics = httpx.get(url + "/metrics", timeout=5).text
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+            stats = {s: summarise(samples[s], args.slow_ms) for s in SCENARIOS}
+            base = stats["healthy"]
+            for s in SCENARIOS:
+                stats[s]["added_p50_ms"] = round(stats[s]["p50_ms"] - base["p50_ms"], 2)
+                stats[s]["added_p99_ms"] = round(stats[s]["p99_ms"] - base["p99_ms"], 2)
+            results[f"c{c}"] = stats
+            ejections[f"c{c}"] = {
+                line.split('pool="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("deliberate_backend_ejections_total{")
+                if float(line.rsplit(" ", 1)[1]) > 0
+            }
+    finally:
+        for b in (healthy_a, healthy_b, hung):
+            b.stop()
     wall_s = time.monotonic() - started
-    ejections = {
-        line.split("pool=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("deliberate_backend_ejections_total{") and "pool=" in line
-        if float(line.rsplit(" ", 1)[1]) > 0
-    }
     table = Table(
         title=f"Replica failover (mock latency {args.latency_ms} ms, read_s {args.read_s} s)"
     )

@@ -96,7 +96,10 @@ async def relay_stream(
             yield DONE_EVENT
         if event_data(last) != DONE:
             raise _Broken("the backend's stream ended without [DONE]")
-        upstream.succeeded()
+        if ctx.outcome == "backend_error":  # the backend's own error event, relayed
+            upstream.failed("the backend's stream carried an error event")
+        else:
+            upstream.succeeded()
         ctx.stream_done = True
     except TimeoutError:
         upstream.failed("no whole stream before the route's deadline")

@@ -174,7 +174,13 @@ class Pool:
         r = await self.client.get(f"{replica.url}/v1/models", timeout=timeout_s)
         if r.status_code != 200:
             return
-        cards = r.json().get("data", [])
+        try:
+            data = r.json()
+        except ValueError:  # not JSON: leave the context length unknown, keep probing
+            log.warning("backend %s replica %s: /v1/models is not JSON", self.name, replica.url)
+            return
+        listed = data.get("data") if isinstance(data, dict) else None
+        cards = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
         replica.models = tuple(str(c.get("id")) for c in cards)
         lens = [c["max_model_len"] for c in cards if isinstance(c.get("max_model_len"), int)]
         if self.model not in replica.models:
@@ -195,7 +201,12 @@ class Pool:
         """Probe every replica every ``health_interval_s`` until cancelled."""
         while True:
             await asyncio.sleep(self.config.health_interval_s)
-            await self.probe_all()
+            try:
+                await self.probe_all()
+            except Exception as e:  # an odd answer must not end the probing for good
+                log.warning(
+                    "backend %s: health probe failed: %s: %s", self.name, type(e).__name__, e
+                )
 
 
 def build_transport(config: BackendPool) -> httpx.AsyncBaseTransport:

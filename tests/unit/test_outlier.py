@@ -135,3 +135,33 @@ def test_pool_with_every_replica_ejected_tries_the_one_back_soonest_first() -> N
     assert pool.ordered() == [b, a, c]
     pool.record_success(a)  # a fallback call got through: a is back at once
     assert pool.ordered() == [a]
+
+
+@pytest.mark.anyio
+async def test_probe_brings_back_an_ejected_replica_it_saw_fail() -> None:
+    clock, ejected = Clock(), []
+    health = {"status": 200}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(health["status"])  # /v1/models too: empty, not JSON
+
+    config = BackendPool(
+        name="p",
+        model="m",
+        replicas=["http://a:1", "http://b:1"],
+        outlier=OutlierDetection(consecutive_failures=1, base_ejection_s=60.0),
+    )
+    pool = Pool(config, httpx.MockTransport(handle), clock, lambda p, u: ejected.append(u))
+    a = pool.replicas[0]
+    pool.record_failure(a, "HTTP 500")
+    assert pool.is_ejected(a)
+    # /health fine all along: it stays out (and a /v1/models that is not JSON is no crash)
+    assert await pool.probe(a) and pool.is_ejected(a)
+    health["status"] = 503
+    assert not await pool.probe(a) and pool.is_ejected(a)
+    health["status"] = 200
+    assert await pool.probe(a) and not pool.is_ejected(a)  # seen down, then up: back early
+    pool.record_failure(a, "HTTP 500")  # on probation: one failure, twice as long
+    assert a.outlier.ejected_until == clock.now + 120.0
+    assert ejected == ["http://a:1", "http://a:1"]
+    await pool.client.aclose()

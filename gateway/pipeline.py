@@ -153,7 +153,12 @@ async def complete(
     try:
         async with asyncio.timeout(deadline.remaining_s):
             upstream = await open_upstream(
-                pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id, deadline=deadline
+                pool,
+                _PATHS[endpoint],
+                orjson.dumps(payload),
+                ctx.request_id,
+                deadline=deadline,
+                deadline_counts=True,  # the call is the request: too slow for it is a failure
             )
             if not streaming:
                 return Answer(body=await read_json_body(upstream, ctx))

@@ -37,14 +37,16 @@ class Upstream:
 
     Readers say how the call went before closing: ``succeeded()`` once the whole answer
     arrived, ``failed(reason)`` when it broke off or was invalid. Closed without a verdict,
-    the call counts as failed when ``deadline`` has passed (the replica was too slow) and
-    not at all otherwise (the client left).
+    the call counts as failed when ``deadline`` has passed and ``deadline_counts`` (the call
+    was the whole request and the replica too slow for it), and not at all otherwise (the
+    client left, or a strategy cancelled its outstanding calls at its deadline as designed).
     """
 
     pool: Pool
     replica: Replica
     response: httpx.Response
     deadline: Deadline | None = None
+    deadline_counts: bool = False
     _closed: bool = False
     _verdict: str | None = None
     """"ok", or the reason the call failed."""
@@ -60,13 +62,17 @@ class Upstream:
             self._closed = True
             self.replica.in_flight -= 1
             verdict = self._verdict
-            if verdict is None and self.deadline is not None and self.deadline.expired:
+            if verdict is None and self.deadline_counts and _expired(self.deadline):
                 verdict = "no whole answer before the route's deadline"
             if verdict == "ok":
                 self.pool.record_success(self.replica)
             elif verdict is not None:
                 self.pool.record_failure(self.replica, verdict)
             await self.response.aclose()
+
+
+def _expired(deadline: Deadline | None) -> bool:
+    return deadline is not None and deadline.expired
 
 
 def candidates(pool: Pool, prefer: Replica | None) -> list[Replica]:
@@ -84,12 +90,14 @@ async def open_upstream(
     request_id: str,
     prefer: Replica | None = None,
     deadline: Deadline | None = None,
+    deadline_counts: bool = False,
 ) -> Upstream:
     """POST ``body`` (JSON) to ``path`` on the best replica of ``pool`` (``prefer`` first).
 
     Returns the open response once its status is 2xx, trying the next replica after a
     connect error, a timeout or a 5xx answer (nothing has reached the client yet) while
-    ``deadline`` allows. Raises ``BackendUnavailable`` when no replica answered,
+    ``deadline`` allows (``deadline_counts``: a call cut by it is the replica's failure, see
+    ``Upstream``). Raises ``BackendUnavailable`` when no replica answered,
     ``BackendTimeout`` when the last one tried stopped answering, and ``BackendError``
     with the backend's status and message for its 4xx/5xx answers.
     """
@@ -97,8 +105,8 @@ async def open_upstream(
     failures: list[str] = []
     last: DeliberateError | None = None
     for rep in candidates(pool, prefer):
-        if deadline is not None and deadline.expired:
-            break
+        if failures and _expired(deadline):
+            break  # no time for a retry (the first try is the caller's to time out)
         rep.in_flight += 1
         try:
             response = await pool.send(rep.url + path, body, headers)
@@ -121,10 +129,10 @@ async def open_upstream(
             continue
         except BaseException:
             rep.in_flight -= 1
-            if deadline is not None and deadline.expired:
+            if deadline_counts and _expired(deadline):
                 pool.record_failure(rep, "no response headers before the route's deadline")
             raise
-        upstream = Upstream(pool, rep, response, deadline)
+        upstream = Upstream(pool, rep, response, deadline, deadline_counts)
         status = response.status_code
         if status < 400:
             return upstream
@@ -145,8 +153,6 @@ async def open_upstream(
         raise backend_error(status, raw)
     if last is not None:
         raise last
-    if not failures:  # the deadline passed before any replica could be tried
-        raise BackendTimeout(f"backend pool {pool.name!r}: the route's deadline passed")
     raise BackendUnavailable(
         f"no replica of backend pool {pool.name!r} could be reached ({'; '.join(failures)})"
     )

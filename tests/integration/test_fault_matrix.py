@@ -289,13 +289,17 @@ def test_failing_replica_is_ejected_and_traffic_moves_over(rig: Rig, fault: Faul
     bad.fault = fault
     try:
         failed = 0
-        for _ in range(4 * EJECT_AFTER):  # requests alternate between the two replicas
+        # Requests alternate between the two replicas. A replica whose connection fails is
+        # also marked down (tried last) until the next probe, 0.5 s later, so give it time.
+        give_up = time.monotonic() + 10.0
+        while time.monotonic() < give_up:
             r, _ = post(rig.url, route, stream=False)
             if r.status_code != 200:
                 failed += 1
                 assert_openai_error(r.json())
             if out_of_rotation(rig.url, labels, fault):
                 break
+            time.sleep(0.05)
         assert out_of_rotation(rig.url, labels, fault)
         ejections = metric(rig.url, "deliberate_backend_ejections_total", labels)
         assert ejections == (0.0 if fault is Fault.REFUSE else 1.0)

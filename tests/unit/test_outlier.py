@@ -8,7 +8,9 @@ from pydantic import ValidationError
 
 from gateway.backends.outlier import OutlierPolicy, OutlierState
 from gateway.backends.pool import Pool
+from gateway.backends.upstream import open_upstream
 from routing.config import BackendPool, OutlierDetection
+from strategies.base import Deadline
 
 POLICY = OutlierPolicy(
     OutlierDetection(consecutive_failures=3, base_ejection_s=10.0, max_ejection_s=35.0)
@@ -164,4 +166,26 @@ async def test_probe_brings_back_an_ejected_replica_it_saw_fail() -> None:
     pool.record_failure(a, "HTTP 500")  # on probation: one failure, twice as long
     assert a.outlier.ejected_until == clock.now + 120.0
     assert ejected == ["http://a:1", "http://a:1"]
+    await pool.client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("counts", [True, False])
+async def test_a_call_cut_by_the_deadline_fails_the_replica_only_when_it_is_the_request(
+    counts: bool,
+) -> None:
+    config = BackendPool(
+        name="p",
+        model="m",
+        replicas=["http://a:1"],
+        outlier=OutlierDetection(consecutive_failures=1),
+    )
+    pool = Pool(config, httpx.MockTransport(lambda r: httpx.Response(200, json={})))
+    passed = Deadline(at=10.0, clock=lambda: 11.0)
+    upstream = await open_upstream(pool, "/v1/chat/completions", b"{}", "rid", None, passed, counts)
+    await upstream.aclose()  # no verdict: the caller was cancelled at the deadline
+    # single-pass: the replica was too slow for the request; a strategy's own cancellation
+    # of its outstanding calls at the deadline is by design, not the replica's failure
+    assert pool.is_ejected(pool.replicas[0]) is counts
+    assert pool.replicas[0].in_flight == 0
     await pool.client.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -77,8 +78,15 @@ def create_app(
         cfg = config if config is not None else load_config(settings.config)
         for warning in clashes(cfg):
             log.warning("config: %s", warning)
-        pools = {b.name: Pool(b, transport_factory(b)) for b in cfg.backends}
         metrics = Metrics(registry or CollectorRegistry(), gateway_version())
+        pools = {
+            b.name: Pool(b, transport_factory(b), on_eject=metrics.eject) for b in cfg.backends
+        }
+        for pool in pools.values():
+            for replica in pool.replicas:
+                metrics.watch_replica(
+                    pool.name, replica.url, functools.partial(pool.is_ejected, replica)
+                )
         store = build_store(cfg, settings.redis_url, metrics)
         scraper = BackendScraper(
             [pools[name] for name in cfg.pools_in_use()],

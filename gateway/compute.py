@@ -17,7 +17,7 @@ from gateway.backends.pool import Pool
 from gateway.backends.prm import PrmVerifier
 from gateway.context import RequestContext
 from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
-from gateway.sse import format_event
+from gateway.sse import DONE_EVENT, format_event
 from metrics.detail import StrategyStats
 from routing.config import Route
 from strategies.base import (
@@ -136,12 +136,13 @@ async def run_route(
     if ctx.reservation is not None:  # what is left of it (a cascade's second run)
         reserved = max(0, ctx.reservation.tokens - ctx.usage.prompt - ctx.usage.completion)
     budget = route_budget(route, payload, reserved)
-    guarded = BudgetGuard(VLLMGenerator(pool, ctx.request_id), budget)
+    deadline = Deadline.after(route.budget.deadline_s)
+    guarded = BudgetGuard(VLLMGenerator(pool, ctx.request_id, deadline), budget)
     if strategy_for is not None:
         strategy = strategy_for(guarded)
     else:
         strategy = build_strategy(route, pools, ctx.request_id)
-    sctx = StrategyContext(guarded, budget, Deadline.after(route.budget.deadline_s))
+    sctx = StrategyContext(guarded, budget, deadline)
     if note is not None:
         sctx.note = note
     request = replace(strategy_request(payload), seeds=seeds)
@@ -283,7 +284,7 @@ async def render_sse(
     yield chunk({}, c.finish_reason, deliberate=_extension(route, result, ctx))
     if include_usage:
         yield format_event(orjson.dumps({**base, "choices": [], "usage": _usage(result)}))
-    yield b"data: [DONE]\n\n"
+    yield DONE_EVENT
     ctx.stream_done = True
 
 
@@ -315,6 +316,7 @@ async def stream_route(
             ctx.outcome = "timeout" if isinstance(e, BackendTimeout) else "backend_error"
             ctx.stream_done = True
             yield format_event(orjson.dumps(e.body()))
+            yield DONE_EVENT
             return
         async for chunk in render_sse(served, result, ctx, model, include_usage):
             yield chunk

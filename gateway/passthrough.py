@@ -15,25 +15,20 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.backends.upstream import Upstream
+from gateway.backends.upstream import Upstream, read_json
 from gateway.context import RequestContext
-from gateway.sse import DONE, EventSplitter, event_data, format_event
+from gateway.sse import DONE, DONE_EVENT, EventSplitter, event_data, format_event
 from strategies.base import Deadline
 from strategies.usage import Usage
 
 
 async def read_json_body(upstream: Upstream, ctx: RequestContext) -> bytes:
-    """Read a whole non-streaming answer, account for its usage, close the upstream."""
-    try:
-        body = await upstream.response.aread()
-    finally:
-        await upstream.aclose()
+    """Read a whole non-streaming answer, account for its usage, close the upstream.
+
+    A body that breaks off or is not JSON is a 502 (``read_json``), never relayed."""
+    body, data = await read_json(upstream)
     ctx.mark_first_token()
-    try:
-        usage = orjson.loads(body).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        usage = None
-    ctx.usage = Usage.from_openai(usage)
+    ctx.usage = Usage.from_openai(data.get("usage") if isinstance(data, dict) else None)
     return with_admission_info(body, ctx)
 
 
@@ -73,57 +68,73 @@ async def relay_stream(
 ) -> AsyncGenerator[bytes, None]:
     """Yield the backend's SSE events as they arrive, noting TTFT and usage on the way.
 
-    A backend failure mid-stream, or the route's deadline, becomes one OpenAI-shaped
-    ``error`` event then ``data: [DONE]`` (the client already has a 200, and OpenAI clients
-    read to ``[DONE]``); a client disconnect closes the upstream, which makes vLLM abort.
+    The client already has a 200, so whatever goes wrong ends the stream with one
+    OpenAI-shaped ``error`` event and then ``data: [DONE]``: the route's deadline passing,
+    the backend breaking off, an event that is not JSON (checked until the first token; the
+    hot path after it only looks for usage), or the stream ending without ``[DONE]``
+    (truncated; a partial last event is dropped, not relayed). A client disconnect closes the
+    upstream, which makes vLLM abort.
     """
     splitter = EventSplitter()
+    last = b""
     try:
         async for chunk in _until(upstream.response.aiter_raw(), deadline):
+            events = splitter.feed(chunk)
+            if not events:
+                continue
+            last = events[-1]
             out = [
                 _annotate(e, ctx, client_wants_usage)
-                for e in splitter.feed(chunk)
+                for e in events
                 if _inspect(e, ctx, client_wants_usage)
             ]
             if out:
                 yield b"".join(out) if len(out) > 1 else out[0]
         tail = splitter.tail()
-        if tail.strip():
-            yield tail
+        if tail.strip() and event_data(tail) == DONE:  # a last event without its blank line
+            last = DONE_EVENT
+            yield DONE_EVENT
+        if event_data(last) != DONE:
+            raise _Broken("the backend's stream ended without [DONE]")
+        if ctx.outcome == "backend_error":  # the backend's own error event, relayed
+            upstream.failed("the backend's stream carried an error event")
+        else:
+            upstream.succeeded()
         ctx.stream_done = True
     except TimeoutError:
+        upstream.failed("no whole stream before the route's deadline")
         ctx.outcome = "timeout"
         ctx.stream_done = True
-        yield format_event(
-            orjson.dumps(
-                {
-                    "error": {
-                        "message": "the route's deadline passed mid-stream; the answer is incomplete",
-                        "type": "timeout",
-                        "param": None,
-                        "code": "deadline_exceeded",
-                    }
-                }
-            )
-        ) + format_event(DONE)
-    except httpx.HTTPError as e:
+        yield _error_event(
+            "the route's deadline passed mid-stream; the answer is incomplete",
+            "timeout",
+            "deadline_exceeded",
+        )
+        yield DONE_EVENT
+    except (httpx.HTTPError, _Broken) as e:
+        why = (
+            str(e)
+            if isinstance(e, _Broken)
+            else f"the backend stopped mid-stream ({type(e).__name__})"
+        )
+        upstream.failed(why)
         ctx.outcome = "backend_error"
-        message = f"the backend stopped mid-stream ({type(e).__name__}); the answer is incomplete"
         ctx.stream_done = True  # ended, with the error reported to the client
-        yield format_event(
-            orjson.dumps(
-                {
-                    "error": {
-                        "message": message,
-                        "type": "backend_error",
-                        "param": None,
-                        "code": "backend_stream_error",
-                    }
-                }
-            )
-        ) + format_event(DONE)
+        yield _error_event(
+            f"{why}; the answer is incomplete", "backend_error", "backend_stream_error"
+        )
+        yield DONE_EVENT
     finally:
         await upstream.aclose()
+
+
+class _Broken(Exception):
+    """The backend's stream is unusable: not SSE-framed JSON, or cut short."""
+
+
+def _error_event(message: str, etype: str, code: str) -> bytes:
+    body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+    return format_event(orjson.dumps(body))
 
 
 async def _until(
@@ -170,8 +181,8 @@ def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> boo
         return True
     try:
         obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return True
+    except orjson.JSONDecodeError as e:
+        raise _Broken("the backend sent an event that is not JSON") from e
     if not isinstance(obj, dict):
         return True
     if "error" in obj:

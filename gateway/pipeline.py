@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from pydantic import BaseModel
 
@@ -25,7 +24,7 @@ from budgets.limits import (
 )
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
-from gateway.backends.upstream import Upstream, open_upstream
+from gateway.backends.upstream import Upstream, open_upstream, read_json
 from gateway.compute import render_json, render_sse, stream_route
 from gateway.context import RequestContext
 from gateway.decide import (
@@ -40,6 +39,7 @@ from gateway.errors import (
     BackendError,
     BackendTimeout,
     ContextLengthExceeded,
+    DeliberateError,
     InvalidRequest,
 )
 from gateway.escalation import run_ladder
@@ -154,7 +154,12 @@ async def complete(
     try:
         async with asyncio.timeout(deadline.remaining_s):
             upstream = await open_upstream(
-                pool, _PATHS[endpoint], orjson.dumps(payload), ctx.request_id
+                pool,
+                _PATHS[endpoint],
+                orjson.dumps(payload),
+                ctx.request_id,
+                deadline=deadline,
+                deadline_counts=True,  # the call is the request: too slow for it is a failure
             )
             if not streaming:
                 return Answer(body=await read_json_body(upstream, ctx))
@@ -262,11 +267,9 @@ async def count_prompt_tokens(
             return None  # a backend without /tokenize (not vLLM)
         raise
     try:
-        data = orjson.loads(await upstream.response.aread())
-    except (orjson.JSONDecodeError, httpx.HTTPError):
+        _, data = await read_json(upstream)
+    except DeliberateError:
         return None
-    finally:
-        await upstream.aclose()
     count = data.get("count") if isinstance(data, dict) else None
     return count if isinstance(count, int) else None
 

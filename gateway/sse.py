@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 DONE = b"[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 

@@ -6,7 +6,7 @@ file, ``outcome`` and ``kind`` from fixed sets. Prompts, keys and tenants never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -197,6 +197,19 @@ class Metrics:
             registry=registry,
         )
         self.detail = DetailMetrics(registry)
+        # Backend outlier ejection (gateway.backends.outlier): one contiguous block.
+        self.backend_ejections = Counter(
+            "deliberate_backend_ejections",
+            "Replicas ejected by outlier detection (consecutive failed calls), by pool and replica.",
+            ["pool", "replica"],
+            registry=registry,
+        )
+        self.backend_ejected = Gauge(
+            "deliberate_backend_ejected",
+            "1 while outlier detection keeps the replica out of rotation, else 0.",
+            ["pool", "replica"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "deliberate_build_info",
             "Gateway version (value is always 1).",
@@ -252,6 +265,15 @@ class Metrics:
         self.ladder_hidden_tokens.labels(klass, route, outcome).inc(max(hidden_tokens, 0))
         if outcome == "won" and won_by is not None:
             self.escalation_wins.labels(klass, route, won_by).inc()
+
+    def watch_replica(self, pool: str, replica: str, ejected: Callable[[], bool]) -> None:
+        """Create the replica's ejection series; the gauge reads ``ejected()`` at scrape time."""
+        self.backend_ejections.labels(pool, replica)
+        self.backend_ejected.labels(pool, replica).set_function(lambda: float(ejected()))
+
+    def eject(self, pool: str, replica: str) -> None:
+        """Count one ejection of ``replica`` (see ``watch_replica`` for the gauge)."""
+        self.backend_ejections.labels(pool, replica).inc()
 
     def reject(self, route: str, reason: RejectReason) -> None:
         self.rejections.labels(route, reason).inc()

@@ -47,6 +47,28 @@ class Timeouts(_Strict):
     pool_s: float = Field(5.0, gt=0, description="Max wait for a free pooled connection.")
 
 
+class OutlierDetection(_Strict):
+    """Outlier ejection (like Envoy's): replicas that keep failing calls get no traffic."""
+
+    enabled: bool = Field(True, description="Eject replicas that fail consecutive calls.")
+    consecutive_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed calls in a row (5xx, connect errors, timeouts, invalid bodies) "
+        "that eject a replica; 4xx answers count as successes.",
+    )
+    base_ejection_s: float = Field(
+        10.0, gt=0, description="First ejection time; doubles with each ejection in a row."
+    )
+    max_ejection_s: float = Field(300.0, gt=0, description="Longest ejection time.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutlierDetection:
+        if self.max_ejection_s < self.base_ejection_s:
+            raise ValueError("max_ejection_s must be at least base_ejection_s")
+        return self
+
+
 class BackendPool(_Strict):
     """A pool of interchangeable vLLM replicas serving one model."""
 
@@ -58,6 +80,7 @@ class BackendPool(_Strict):
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(512, ge=1, description="Pooled connections per pool.")
     health_interval_s: float = Field(5.0, gt=0, description="Period of the /health probe.")
+    outlier: OutlierDetection = OutlierDetection()
     prm: PrmConventions | None = Field(
         None, description="Set when this pool serves a process reward model over /pooling."
     )

@@ -1,8 +1,8 @@
 """The ``Generator`` port over a vLLM pool: one request's calls, all on the same replica.
 
 The first call picks the least-loaded replica (with the usual retry while nothing was
-received); every later call of the same request goes to that replica, so branches and waves
-reuse its prefix cache.
+received); every later call of the same request goes to that replica first, so branches and
+waves reuse its prefix cache (another one when it fails or is ejected meanwhile).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 
 from gateway.backends.pool import Pool, Replica
-from gateway.backends.upstream import open_upstream
+from gateway.backends.upstream import open_upstream, read_json
+from gateway.errors import BackendError
+from strategies.base import Deadline
 from strategies.ports import GenChoice, GenRequest, GenResult, TokenLogprob, TopLogprob
 from strategies.usage import Usage
 
@@ -21,9 +23,10 @@ from strategies.usage import Usage
 class VLLMGenerator:
     """Implements ``strategies.ports.Generator`` for one client request."""
 
-    def __init__(self, pool: Pool, request_id: str) -> None:
+    def __init__(self, pool: Pool, request_id: str, deadline: Deadline | None = None) -> None:
         self.pool = pool
         self.request_id = request_id
+        self.deadline = deadline
         self.replica: Replica | None = None
         self.calls = 0
         self._seq = count()
@@ -32,14 +35,22 @@ class VLLMGenerator:
         body = chat_body(self.pool.model, request)
         rid = f"{self.request_id}-{next(self._seq)}"
         upstream = await open_upstream(
-            self.pool, "/v1/chat/completions", orjson.dumps(body), rid, replica=self.replica
+            self.pool,
+            "/v1/chat/completions",
+            orjson.dumps(body),
+            rid,
+            prefer=self.replica,
+            deadline=self.deadline,
         )
         self.replica = upstream.replica
         self.calls += 1
-        try:
-            data = orjson.loads(await upstream.response.aread())
-        finally:
-            await upstream.aclose()
+        _, data = await read_json(upstream)
+        if not isinstance(data, dict):
+            raise BackendError(
+                502,
+                f"backend pool {self.pool.name!r} answered JSON that is not a completion",
+                code="backend_invalid_response",
+            )
         return parse_result(data)
 
 

@@ -1,20 +1,27 @@
 """Backend pools: replica state, least-loaded selection and health probing.
 
 A pool owns one pooled ``httpx.AsyncClient`` shared by its replicas. Replica state lives in
-the gateway process (in-flight counts, health) and is only ever touched from the event loop,
-so plain attributes need no locks.
+the gateway process (in-flight counts, health, outlier record) and is only ever touched from
+the event loop, so plain attributes need no locks. Replicas that keep failing calls are
+ejected (``gateway.backends.outlier``): they get no traffic while any other replica is in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from gateway.backends.outlier import OutlierPolicy, OutlierState
 from routing.config import BackendPool
+
+OnEject = Callable[[str, str], None]
+"""Called with (pool name, replica URL) when a replica is ejected."""
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +35,23 @@ class Replica:
     healthy: bool = True
     max_model_len: int | None = None
     models: tuple[str, ...] = field(default_factory=tuple)
+    outlier: OutlierState = field(default_factory=OutlierState)
 
 
 class Pool:
     """Interchangeable replicas serving ``config.model``, behind one connection pool."""
 
-    def __init__(self, config: BackendPool, transport: httpx.AsyncBaseTransport) -> None:
+    def __init__(
+        self,
+        config: BackendPool,
+        transport: httpx.AsyncBaseTransport,
+        clock: Callable[[], float] = time.monotonic,
+        on_eject: OnEject | None = None,
+    ) -> None:
         self.config = config
+        self.clock = clock
+        self.outliers = OutlierPolicy(config.outlier)
+        self.on_eject = on_eject
         t = config.timeouts
         self.timeouts = {
             "connect": t.connect_s,
@@ -73,12 +90,40 @@ class Pool:
         """Replicas in the order to try them: healthy by fewest in-flight requests, then the rest.
 
         Ties rotate so equal replicas share the load; unhealthy replicas come last rather
-        than never, since a probe may simply not have noticed a recovery yet.
+        than never, since a probe may simply not have noticed a recovery yet. Ejected
+        replicas are left out, unless all are: then all, the one back soonest first.
         """
         n = len(self.replicas)
         self._turn = (self._turn + 1) % n
         rotated = self.replicas[self._turn :] + self.replicas[: self._turn]
-        return sorted(rotated, key=lambda r: (not r.healthy, r.in_flight))
+        now = self.clock()
+        live = [r for r in rotated if not self.outliers.is_ejected(r.outlier, now)]
+        if not live:
+            return sorted(rotated, key=lambda r: (r.outlier.ejected_until or 0.0, r.in_flight))
+        return sorted(live, key=lambda r: (not r.healthy, r.in_flight))
+
+    def is_ejected(self, replica: Replica) -> bool:
+        return self.outliers.is_ejected(replica.outlier, self.clock())
+
+    def record_success(self, replica: Replica) -> None:
+        """A call on ``replica`` succeeded (any answer but a 5xx, read to its end)."""
+        if self.outliers.record_success(replica.outlier, self.clock()):
+            log.info("backend %s replica %s is back: a call succeeded", self.name, replica.url)
+
+    def record_failure(self, replica: Replica, reason: str) -> None:
+        """A call on ``replica`` failed (5xx, connect error, timeout, broken or invalid body)."""
+        if self.outliers.record_failure(replica.outlier, self.clock()):
+            seconds = self.outliers.ejection_s(replica.outlier.ejections)
+            log.warning(
+                "backend %s replica %s ejected for %.1fs (ejection %d in a row): %s",
+                self.name,
+                replica.url,
+                seconds,
+                replica.outlier.ejections,
+                reason,
+            )
+            if self.on_eject is not None:
+                self.on_eject(self.name, replica.url)
 
     async def send(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """POST ``body`` to ``url`` on the pool's connections; the response is still open.
@@ -119,13 +164,23 @@ class Pool:
             replica.healthy = True
         else:
             self.mark_down(replica, reason)
+        if self.outliers.record_probe(replica.outlier, ok, self.clock()):
+            log.info(
+                "backend %s replica %s is back: its probe passes again", self.name, replica.url
+            )
         return ok
 
     async def _read_models(self, replica: Replica, timeout_s: float) -> None:
         r = await self.client.get(f"{replica.url}/v1/models", timeout=timeout_s)
         if r.status_code != 200:
             return
-        cards = r.json().get("data", [])
+        try:
+            data = r.json()
+        except ValueError:  # not JSON: leave the context length unknown, keep probing
+            log.warning("backend %s replica %s: /v1/models is not JSON", self.name, replica.url)
+            return
+        listed = data.get("data") if isinstance(data, dict) else None
+        cards = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
         replica.models = tuple(str(c.get("id")) for c in cards)
         lens = [c["max_model_len"] for c in cards if isinstance(c.get("max_model_len"), int)]
         if self.model not in replica.models:
@@ -146,7 +201,12 @@ class Pool:
         """Probe every replica every ``health_interval_s`` until cancelled."""
         while True:
             await asyncio.sleep(self.config.health_interval_s)
-            await self.probe_all()
+            try:
+                await self.probe_all()
+            except Exception as e:  # an odd answer must not end the probing for good
+                log.warning(
+                    "backend %s: health probe failed: %s: %s", self.name, type(e).__name__, e
+                )
 
 
 def build_transport(config: BackendPool) -> httpx.AsyncBaseTransport:

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from gateway.backends.pool import Pool
-from gateway.backends.upstream import open_upstream
+from gateway.backends.upstream import open_upstream, read_json
 from gateway.errors import BackendError
 from routing.prm import PRESETS, PrmConventions
 
@@ -126,12 +126,7 @@ class PrmVerifier:
                 code="backend_error",
             ) from e
         self.calls += 1
-        try:
-            data = orjson.loads(await upstream.response.aread())
-        except orjson.JSONDecodeError as e:
-            raise self._malformed("the answer is not JSON") from e
-        finally:
-            await upstream.aclose()
+        _, data = await read_json(upstream)  # broken off or not JSON: a 502 naming the pool
         return self._parse(data, steps), Usage(prompt=_prompt_tokens(data))
 
     def _parse(self, data: Any, steps: list[int]) -> list[list[float]]:

@@ -3,6 +3,10 @@
 A retry is only safe while the client has seen nothing. ``open`` returns once response
 headers arrived from some replica, so every failure before that point may move on to the
 next replica; afterwards the caller owns the response and no retry happens.
+
+Every call ends with a verdict for the replica's outlier record (``Pool.record_success`` /
+``record_failure``): failures before the headers are recorded here, and an ``Upstream``
+records its own when it is closed (see ``Upstream.aclose``).
 """
 
 from __future__ import annotations
@@ -14,29 +18,69 @@ import httpx
 import orjson
 
 from gateway.backends.pool import Pool, Replica
-from gateway.errors import BackendError, BackendTimeout, BackendUnavailable
+from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, DeliberateError
+from strategies.base import Deadline
 
 # Failures that happen before any response byte arrived. ReadError/RemoteProtocolError here
-# typically mean a keep-alive connection the server had already closed.
+# typically mean a keep-alive connection the server had already closed. (The aiohttp
+# transport reports a server that disconnected as ConnectTimeout.)
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
-# Backend answers that say "try somebody else" rather than "your request is wrong".
-_RETRY_STATUSES = frozenset({502, 503})
+# Backend answers that say "try somebody else": nothing reached the client, and another
+# replica may well answer. 502/503 say so outright; 500/504 are the replica's own failure.
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_UNAVAILABLE_STATUSES = frozenset({502, 503})
 
 
 @dataclass
 class Upstream:
-    """An open response from one replica. ``aclose`` must be called exactly once."""
+    """An open response from one replica. ``aclose`` must be called exactly once.
+
+    Readers say how the call went before closing: ``succeeded()`` once the whole answer
+    arrived, ``failed(reason)`` when it broke off or was invalid. Closed without a verdict,
+    the call counts as failed when ``deadline`` has passed and ``deadline_counts`` (the call
+    was the whole request and the replica too slow for it), and not at all otherwise (the
+    client left, or a strategy cancelled its outstanding calls at its deadline as designed).
+    """
 
     pool: Pool
     replica: Replica
     response: httpx.Response
+    deadline: Deadline | None = None
+    deadline_counts: bool = False
     _closed: bool = False
+    _verdict: str | None = None
+    """"ok", or the reason the call failed."""
+
+    def succeeded(self) -> None:
+        self._verdict = "ok"
+
+    def failed(self, reason: str) -> None:
+        self._verdict = reason
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
             self.replica.in_flight -= 1
+            verdict = self._verdict
+            if verdict is None and self.deadline_counts and _expired(self.deadline):
+                verdict = "no whole answer before the route's deadline"
+            if verdict == "ok":
+                self.pool.record_success(self.replica)
+            elif verdict is not None:
+                self.pool.record_failure(self.replica, verdict)
             await self.response.aclose()
+
+
+def _expired(deadline: Deadline | None) -> bool:
+    return deadline is not None and deadline.expired
+
+
+def candidates(pool: Pool, prefer: Replica | None) -> list[Replica]:
+    """The pool's replicas in the order to try them, ``prefer`` first unless it is ejected."""
+    order = pool.ordered()
+    if prefer is None or prefer not in order:
+        return order
+    return [prefer, *(r for r in order if r is not prefer)]
 
 
 async def open_upstream(
@@ -44,50 +88,114 @@ async def open_upstream(
     path: str,
     body: bytes,
     request_id: str,
-    replica: Replica | None = None,
+    prefer: Replica | None = None,
+    deadline: Deadline | None = None,
+    deadline_counts: bool = False,
 ) -> Upstream:
-    """POST ``body`` (JSON) to ``path`` on the best replica (or the given one) of ``pool``.
+    """POST ``body`` (JSON) to ``path`` on the best replica of ``pool`` (``prefer`` first).
 
-    Returns the open response once its status is 2xx. Raises ``BackendUnavailable`` when no
-    replica answered, ``BackendTimeout`` when one stopped answering, and ``BackendError`` with
-    the backend's status and message for its 4xx/5xx answers.
+    Returns the open response once its status is 2xx, trying the next replica after a
+    connect error, a timeout or a 5xx answer (nothing has reached the client yet) while
+    ``deadline`` allows (``deadline_counts``: a call cut by it is the replica's failure, see
+    ``Upstream``). Raises ``BackendUnavailable`` when no replica answered,
+    ``BackendTimeout`` when the last one tried stopped answering, and ``BackendError``
+    with the backend's status and message for its 4xx/5xx answers.
     """
     headers = {"content-type": "application/json", "x-request-id": request_id}
-    candidates = [replica] if replica is not None else pool.ordered()
     failures: list[str] = []
-    for rep in candidates:
+    last: DeliberateError | None = None
+    for rep in candidates(pool, prefer):
+        if failures and _expired(deadline):
+            break  # no time for a retry (the first try is the caller's to time out)
         rep.in_flight += 1
         try:
             response = await pool.send(rep.url + path, body, headers)
         except _RETRYABLE as e:
             rep.in_flight -= 1
-            pool.mark_down(rep, f"{type(e).__name__}: {e}")
+            reason = f"{type(e).__name__}: {e}"
+            pool.mark_down(rep, reason)
+            pool.record_failure(rep, reason)
             failures.append(f"{rep.url}: {type(e).__name__}")
+            last = None
             continue
         except httpx.TimeoutException as e:
             rep.in_flight -= 1
-            raise BackendTimeout(
+            if not isinstance(e, httpx.PoolTimeout):  # our own connection pool, not the replica
+                pool.record_failure(rep, f"{type(e).__name__} before the response headers")
+            failures.append(f"{rep.url}: {type(e).__name__}")
+            last = BackendTimeout(
                 f"backend pool {pool.name!r} did not answer in time ({type(e).__name__})"
-            ) from e
+            )
+            continue
         except BaseException:
             rep.in_flight -= 1
+            if deadline_counts and _expired(deadline):
+                pool.record_failure(rep, "no response headers before the route's deadline")
             raise
-        upstream = Upstream(pool, rep, response)
-        if response.status_code < 400:
+        upstream = Upstream(pool, rep, response, deadline, deadline_counts)
+        status = response.status_code
+        if status < 400:
             return upstream
+        if status >= 500:
+            upstream.failed(f"HTTP {status}")
+        else:
+            upstream.succeeded()  # a 4xx is about the request, not the replica
         try:
             raw = await response.aread()
         except httpx.HTTPError:
             raw = b""
         finally:
             await upstream.aclose()
-        if response.status_code in _RETRY_STATUSES:
-            failures.append(f"{rep.url}: HTTP {response.status_code}")
+        if status in _RETRY_STATUSES:
+            failures.append(f"{rep.url}: HTTP {status}")
+            last = None if status in _UNAVAILABLE_STATUSES else backend_error(status, raw)
             continue
-        raise backend_error(response.status_code, raw)
+        raise backend_error(status, raw)
+    if last is not None:
+        raise last
     raise BackendUnavailable(
         f"no replica of backend pool {pool.name!r} could be reached ({'; '.join(failures)})"
     )
+
+
+async def read_json(upstream: Upstream) -> tuple[bytes, Any]:
+    """Read a whole JSON answer and close ``upstream``: (the raw bytes, the parsed value).
+
+    A body that breaks off or is not JSON is the replica's failure, a 502
+    ``BackendError``; one that stops arriving within the read timeout a ``BackendTimeout``.
+    """
+    name = upstream.pool.name
+    try:
+        raw = await upstream.response.aread()
+        data = orjson.loads(raw)
+    except httpx.TimeoutException as e:
+        upstream.failed(f"{type(e).__name__} reading the body")
+        if isinstance(e, httpx.ConnectTimeout):  # aiohttp's name for "server disconnected"
+            raise BackendError(
+                502, f"backend pool {name!r} broke off its answer ({e})", code="backend_error"
+            ) from e
+        raise BackendTimeout(
+            f"backend pool {name!r} stopped answering mid-body ({type(e).__name__})"
+        ) from e
+    except httpx.HTTPError as e:
+        upstream.failed(f"{type(e).__name__} reading the body")
+        raise BackendError(
+            502,
+            f"backend pool {name!r} broke off its answer ({type(e).__name__})",
+            code="backend_error",
+        ) from e
+    except orjson.JSONDecodeError as e:
+        upstream.failed("the body is not JSON")
+        raise BackendError(
+            502,
+            f"backend pool {name!r} answered with invalid JSON",
+            code="backend_invalid_response",
+        ) from e
+    else:
+        upstream.succeeded()
+    finally:
+        await upstream.aclose()
+    return raw, data
 
 
 def backend_error(status: int, raw: bytes) -> BackendError:

@@ -133,7 +133,7 @@ async def test_backend_failure_mid_stream_becomes_error_event(
     events = await read_sse(
         await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     )
-    assert events[-1] == "[DONE]"
+    assert events[-1] == "[DONE]"  # the error event, then the stream ends as streams do
     assert json.loads(events[-2])["error"]["code"] == "backend_stream_error"
     assert (
         registry.get_sample_value(
@@ -257,6 +257,23 @@ async def test_retry_on_live_replica(gateway: Factory, fake: FakeVLLM) -> None:
         assert r.status_code == 200, r.text
     hosts = {req.url.host for path, req, _ in fake.received if path.endswith("completions")}
     assert hosts == {"replica-b"}
+
+
+async def test_5xx_is_retried_on_live_replica_and_the_failing_one_ejected(
+    gateway: Factory, fake: FakeVLLM
+) -> None:
+    fake.replica(A).status = 500
+    client, registry = await gateway(make_config([A, B]))
+    for _ in range(12):  # nothing reached the client yet: every 500 is retried on B
+        r = await client.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200, r.text
+    labels = {"pool": "default", "replica": A}
+    # the default policy ejects A after 5 failed calls in a row; then it gets no traffic
+    assert registry.get_sample_value("deliberate_backend_ejections_total", labels) == 1
+    assert registry.get_sample_value("deliberate_backend_ejected", labels) == 1
+    assert registry.get_sample_value("deliberate_backend_ejected", {**labels, "replica": B}) == 0
+    calls = [req for path, req, _ in fake.received if path.endswith("completions")]
+    assert sum(1 for req in calls if req.url.host == "replica-a") == 5
 
 
 async def test_backend_4xx_passes_status_and_message(gateway: Factory, fake: FakeVLLM) -> None:

@@ -285,7 +285,10 @@ async def run_calibration(
         rel = os.path.relpath(predictor_path.resolve(), config_out.resolve().parent)
     ladders = [r.name for r in cfg.routes if r.escalate_to and r.name in routes]
     voters = [r.name for r in cfg.routes if r.strategy != "single-pass" and r.name in routes]
-    escalations = cal.choose_escalations(raw, cells, chosen, ladders, voters)
+    exact = [
+        r.name for r in cfg.routes if r.escalate_to and r.escalate_to[0].verifier == "arithmetic"
+    ]
+    escalations = cal.choose_escalations(raw, cells, chosen, ladders, voters, outcomes, exact)
     calibrated = cal.apply_escalations(cal.updated_config(raw, cells, chosen, rel), escalations)
     note = f"{HEADER} from {config_path.name} ({len(items)} items; see {out}/eval.md)."
     kept = "".join(line for line in source.splitlines(True) if not line.startswith(HEADER))
@@ -365,11 +368,13 @@ def _write_tables(
         + cal.markdown_table(cells, chosen)
         + "\nChosen budget per route (best accuracy whose p95 latency meets the SLO): "
         + ", ".join(f"{r}: {b} (SLO {slos.get(r)} ms)" for r, b in chosen.items())
-        + "\n\nEscalation per class (the largest measured gain over the cheap route, at least "
-        + "the class's min_gain; it becomes the class's gain-rule escalation): "
+        + "\n\nEscalation per class (a gain over the cheap route of at least the class's "
+        + "min_gain, with the paired 95 % CI's lower end not below 0; it becomes the class's "
+        + "gain-rule escalation): "
         + (
             ", ".join(
-                f"{c}: {e.route} ({'ladder' if e.ladder else 'multi-sample'}, {e.gain:+.3f})"
+                f"{c}: {e.route} ({'ladder' if e.ladder else 'multi-sample'}, {e.gain:+.3f}, "
+                f"CI low {e.gain_low if e.gain_low is None else f'{e.gain_low:+.3f}'})"
                 for c, e in escalations.items()
             )
             or "nothing pays"

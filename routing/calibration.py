@@ -289,6 +289,7 @@ class Escalation:
     ladder: bool
     quality: float
     gain: float
+    gain_low: float | None = None  # lower end of the gain's paired 95 % bootstrap interval
 
 
 def choose_escalations(
@@ -297,15 +298,31 @@ def choose_escalations(
     chosen: Mapping[str, int | None],
     ladders: Sequence[str],
     strategies: Sequence[str] = (),
+    outcomes: Sequence[Outcome] = (),
+    exact: Sequence[str] = (),
 ) -> dict[str, Escalation]:
-    """Per policy class measured in ``cells``: the route (at its chosen budget) whose accuracy
-    beats the class's cheap route by the most, when by at least the class's ``gain.min_gain``
-    (default ``DEFAULT_MIN_GAIN``); ties go to fewer generated tokens. The cheap route is
-    ``gain.cheap``, else the class's first route. Candidates: ``ladders`` (routes with
-    ``escalate_to``) and, when ``strategies`` is given, those multi-sample routes too.
-    Classes where nothing pays are absent."""
+    """Per policy class measured in ``cells``: the escalation route (at its chosen budget)
+    that pays over the class's cheap route (``gain.cheap``, else the class's first route).
+
+    Candidates: ``ladders`` (routes with ``escalate_to``) and ``strategies`` (multi-sample
+    routes). A candidate pays when its measured gain (accuracy − the cheap route's) reaches
+    the class's ``gain.min_gain`` (default ``DEFAULT_MIN_GAIN``) and — with ``outcomes``, the
+    per-item results — the lower end of the gain's paired 95 % bootstrap interval is not
+    below 0: it was never measured significantly worse than the cheap route on the same
+    items. Choosing the best of many candidates on a few dozen items rewards luck; this
+    conservative rule keeps the escalations whose gain is not mostly noise (a ladder whose
+    exact check only replaces rejected answers qualifies; a vote that fixes three items and
+    breaks two does not). Among those that pay: the highest lower bound, then the larger
+    gain, then a ladder whose check is ``exact`` (an exact checker, such as the arithmetic
+    one, rather than a heuristic such as token confidence: what a few dozen items cannot tell
+    apart, verification should), then fewer generated tokens. Classes where nothing pays are
+    absent."""
     policy = raw.get("policy") or {}
     at = {(c.request_class, c.route): c for c in cells if c.budget == chosen.get(c.route)}
+    right: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
+    for o in outcomes:
+        if o.budget == chosen.get(o.route):
+            right[(o.request_class, o.route)][o.item_id] = o.correct
     pool = [*ladders, *strategies]
     out: dict[str, Escalation] = {}
     for name, cp in (policy.get("classes") or {}).items():
@@ -314,16 +331,29 @@ def choose_escalations(
         base = at.get((name, cheap))
         if base is None:
             continue
-        scored = [
-            (at[(name, r)].accuracy - base.accuracy, -at[(name, r)].mean_generated, r)
-            for r in pool
-            if (name, r) in at and r != cheap
-        ]
-        best = max(scored, default=None)
-        if best is not None and best[0] >= float(gain.get("min_gain", DEFAULT_MIN_GAIN)):
-            route = best[2]
-            quality = at[(name, route)].accuracy
-            out[name] = Escalation(route, route in ladders, round(quality, 4), round(best[0], 4))
+        min_gain = float(gain.get("min_gain", DEFAULT_MIN_GAIN))
+        scored = []
+        for r in pool:
+            if (name, r) not in at or r == cheap:
+                continue
+            d = at[(name, r)].accuracy - base.accuracy
+            low = None
+            if outcomes:
+                mine, theirs = right[(name, r)], right[(name, cheap)]
+                items = sorted(set(mine) & set(theirs))
+                _, low, _ = paired_bootstrap(
+                    [mine[i] for i in items], [theirs[i] for i in items], reps=2000, seed=0
+                )
+                if low < 0:
+                    continue
+            if d >= min_gain:
+                checked = r in exact
+                scored.append((low or 0.0, d, checked, -at[(name, r)].mean_generated, r))
+        if scored:
+            low, d, _, _, route = max(scored)
+            quality = round(at[(name, route)].accuracy, 4)
+            lo = None if not outcomes else round(low, 4)
+            out[name] = Escalation(route, route in ladders, quality, round(d, 4), lo)
     return out
 
 

@@ -313,6 +313,32 @@ def test_choose_escalations_weighs_multi_sample_routes_when_given() -> None:
     assert got == {"arithmetic": cal.Escalation("ladder-a", False, 0.75, 0.5)}
 
 
+def test_choose_escalations_with_outcomes_keeps_only_gains_never_measured_worse() -> None:
+    outs = []
+    for k, item in enumerate("abcdefgh"):  # greedy right on a-d
+        outs.append(outcome("single-pass", 32, k < 4, "arithmetic", item=item))
+        # a vote: fixes e-h and breaks a, b (+2/8, but worse on two items)
+        outs.append(outcome("vote", 32, k >= 2, "arithmetic", item=item))
+        # two ladders that only replace what greedy got wrong: +1/8 each
+        outs.append(outcome("confident", 32, k < 4 or k == 4, "arithmetic", item=item))
+        outs.append(outcome("checked", 32, k < 4 or k == 7, "arithmetic", item=item,
+                            tokens=(10, 40, 40)))  # fmt: skip
+    cells = cal.summarize(outs)
+    chosen = {"single-pass": 32, "vote": 32, "confident": 32, "checked": 32}
+    ladders, votes = ["confident", "checked"], ["vote"]
+    # point estimates alone: the vote's +0.25 beats the ladders' +0.125
+    assert cal.choose_escalations(RAW, cells, chosen, ladders, votes)["arithmetic"].route == (
+        "vote"
+    )
+    # with the items: the vote's paired CI reaches below 0, so it is out; the ladders tie at
+    # a lower bound of 0 and the exact check wins over fewer tokens
+    got = cal.choose_escalations(RAW, cells, chosen, ["confident"], votes, outs)
+    assert got == {"arithmetic": cal.Escalation("confident", True, 0.625, 0.125, 0.0)}
+    got = cal.choose_escalations(RAW, cells, chosen, ladders, votes, outs, exact=["checked"])
+    assert got["arithmetic"].route == "checked" and got["arithmetic"].gain_low == 0.0
+    assert cal.choose_escalations(RAW, cells, chosen, [], votes, outs) == {}
+
+
 def test_apply_escalations_sets_the_gain_rule_and_the_class_routes() -> None:
     raw = copy.deepcopy(RAW)
     raw["routes"].append(

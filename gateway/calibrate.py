@@ -295,7 +295,11 @@ async def run_calibration(
     text = rewrite(kept, calibrated, note)
     tmp = config_out.with_name(f".{config_out.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    load_config(tmp)  # the written file must pass check-config before it replaces anything
+    try:
+        load_config(tmp)  # the written file must pass check-config before it replaces anything
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(config_out)
 
     check = None

@@ -192,6 +192,36 @@ def gateway_process(
         assert "Traceback" not in text, f"the gateway logged a traceback:\n{text}"
 
 
+@contextlib.contextmanager
+def http_process(argv: list[str], port: int, log_path: Path | None = None) -> Iterator[str]:
+    """Run ``argv`` (a test server listening on 127.0.0.1:``port``; output to ``log_path``,
+    else inherited) until it answers ``GET /health`` with 200 (30 s at most); yield its URL;
+    terminate it on exit. A server that exits or never answers fails with its log."""
+    url = f"http://127.0.0.1:{port}"
+    if log_path is None:
+        proc = subprocess.Popen(argv)
+    else:
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        return "" if log_path is None else log_path.read_text(errors="replace")
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"{argv[1:3]} exited early:\n{output()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"{argv[1:3]} did not start:\n{output()}"
+            time.sleep(0.1)  # polling until it listens
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def gateway_url(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The gateway on the shipped policy, in front of the real backend."""

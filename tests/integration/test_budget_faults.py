@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import time
 import uuid
@@ -33,7 +32,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.integration.conftest import MODEL, free_port, gateway_process
+from tests.integration.conftest import MODEL, free_port, gateway_process, http_process
 from tests.integration.test_budgets import AUTH, SHORT, committed, gateway_env, write_config
 from tests.redis_server import RedisServer, throwaway_redis
 
@@ -58,21 +57,8 @@ def mock_backend(delay_ms: float = MOCK_DELAY_MS) -> Iterator[str]:
     """bench/mock_openai.py as a process serving MODEL; yields its URL."""
     port = free_port()
     cmd = [sys.executable, str(MOCK_SCRIPT), "--port", str(port), "--model", MODEL]
-    proc = subprocess.Popen([*cmd, "--delay-ms", str(delay_ms)])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, "the mock backend exited"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the mock backend did not start"
-            time.sleep(0.1)
+    with http_process([*cmd, "--delay-ms", str(delay_ms)], port) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from routing.loader import anchored
-from tests.integration.conftest import SHIPPED_CONFIG, free_port, gateway_process
+from tests.integration.conftest import SHIPPED_CONFIG, free_port, gateway_process, http_process
 from tests.integration.hostile import CORPUS, Hostile
 
 MOCK = Path(__file__).resolve().parents[2] / "bench" / "mock_openai.py"
@@ -54,23 +53,9 @@ class Gateway:
 @contextlib.contextmanager
 def mock_backend(model: str, log_dir: Path) -> Iterator[str]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, str(MOCK), "--port", str(port), "--model", model]
-    with (log_dir / "mock.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, "the mock backend exited"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the mock backend did not start"
-            time.sleep(0.1)
+    with http_process(argv, port, log_dir / "mock.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import free_port, gateway_process
+from tests.integration.conftest import free_port, gateway_process, http_process
 
 KEY = "sk-sec-7f3a9c2e41b8d6f05e1a2b3c4d5e6f70"  # alice's key: the one that must never leak
 ADMIN_KEY = "sk-ops-00112233445566778899aabbccddeeff"
@@ -73,21 +72,8 @@ class Deployment:
 def recording_backend(record: Path, log: Path) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "tests.recording_backend", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*cmd, "--record", str(record)], stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with http_process([*cmd, "--record", str(record)], port, log) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import csv
 import dataclasses
 import json
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +24,19 @@ import httpx
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from gateway import calibrate_gate as gates
 from gateway.app import create_app
 from gateway.backends.pool import build_transport
+from gateway.calibrate_jobs import Job, measure
 from gateway.calibration_plots import plot_accuracy
 from gateway.calibration_transport import StreamingASGITransport
 from gateway.settings import Settings
 from routing import calibration as cal
 from routing.classify import Classifier
 from routing.config import BackendPool, DeliberateConfig
-from routing.evalset import EvalItem, check_answer
+from routing.evalset import EvalItem
 from routing.features import extract
+from routing.gate_fit import GateFit, evaluate, fit_gate
 from routing.loader import load_config
 from routing.policy_file import rewrite
 from routing.predictor import Predictor, request_text
@@ -44,6 +46,7 @@ CACHE_FILE = "results.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
 CALIBRATED_CONFIG = "routes.calibrated.yaml"
 PREDICTOR_FILE = "predictor.json"
+GATE_FILE = "gate.json"
 TransportFactory = Callable[[BackendPool], httpx.AsyncBaseTransport]
 
 
@@ -62,6 +65,7 @@ class CalibrationReport:
     plots: list[Path]
     escalations: dict[str, cal.Escalation]  # per class: the route that measured a gain
     heldout: HeldOutCheck | None
+    gate: dict[str, Any] | None = None  # the learned gate's fit and held-out AUROC
 
 
 def load_cache(path: Path) -> dict[tuple[str, str, int | None], cal.Outcome]:
@@ -84,83 +88,6 @@ def item_class(item: EvalItem, classifier: Classifier) -> str:
         return item.request_class
     metadata = {"tags": ",".join(item.tags)} if item.tags else None
     return classifier.classify(extract(item.messages, metadata)).name
-
-
-@dataclass(frozen=True)
-class Job:
-    item: EvalItem
-    request_class: str
-    route: str
-    strategy: str
-    budget: int | None  # None: the route as configured (``auto`` and the held-out check)
-
-    @property
-    def model(self) -> str:
-        return self.route if self.budget is None else cal.variant_name(self.route, self.budget)
-
-
-async def measure(client: httpx.AsyncClient, job: Job) -> cal.Outcome:
-    """Send one item to one route variant as a streaming chat request; check the answer."""
-    item, budget = job.item, job.budget
-    body: dict[str, Any] = {
-        "model": job.model,
-        "messages": item.messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if job.strategy == "single-pass" and budget is not None:
-        body["max_tokens"] = budget
-    text: list[str] = []
-    usage: dict[str, Any] = {}
-    ttft: float | None = None
-    error: str | None = None
-    done = False
-    start = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                error = f"HTTP {r.status_code}: {r.text[:300]}"
-            else:
-                async for line in r.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    if (data := line[5:].strip()) == "[DONE]":
-                        done = True
-                        break
-                    event = json.loads(data)
-                    if "error" in event:
-                        error = f"stream error: {json.dumps(event['error'])[:300]}"
-                        break
-                    usage = event.get("usage") or usage
-                    for choice in event.get("choices") or []:
-                        if piece := (choice.get("delta") or {}).get("content"):
-                            if ttft is None:
-                                ttft = (time.perf_counter() - start) * 1000
-                            text.append(piece)
-                if error is None and not done:
-                    error = "the stream ended without [DONE]"
-    except (httpx.HTTPError, ValueError) as e:
-        error = f"{type(e).__name__}: {e}"
-    latency = (time.perf_counter() - start) * 1000
-    hidden = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    answer = "".join(text)
-    return cal.Outcome(
-        item_id=item.id,
-        request_class=job.request_class,
-        family=str(item.family),
-        difficulty=str(item.difficulty),
-        route=job.route,
-        budget=budget,
-        correct=error is None and check_answer(item, answer),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        visible_tokens=max(0, completion - hidden),
-        hidden_tokens=hidden,
-        ttft_ms=ttft,
-        latency_ms=latency,
-        error=error,
-    )
 
 
 async def _run_pending(
@@ -263,13 +190,41 @@ async def run_calibration(
     wanted = [(item, r, b) for item in items for r in routes for b in budgets]
     classifier = Classifier(cfg.classes, cfg.policy.default_class if cfg.policy else "default")
     classes = {item.id: item_class(item, classifier) for item in [*items, *heldout]}
-    jobs = [
-        Job(item, classes[item.id], r, strategy[r], b)
-        for item, r, b in wanted
-        if (o := cached.get((item.id, r, b))) is None or o.error is not None
-    ]
+    gate_route = gates.source_route(cfg)
+    gated = set(gates.gated_routes(cfg))
+    if gate_route is not None and gate_route not in routes:
+        raise ValueError(
+            f"the learned gate is fitted on route {gate_route!r}'s answers: include it in routes"
+        )
+
+    def stale(o: cal.Outcome | None, route: str) -> bool:
+        return o is None or o.error is not None or (route == gate_route and o.gate_features is None)
+
+    def pending(selected: Sequence[str]) -> list[Job]:
+        return [
+            Job(item, classes[item.id], r, strategy[r], b, gate=r == gate_route)
+            for item, r, b in wanted
+            if r in selected and stale(cached.get((item.id, r, b)), r)
+        ]
+
+    fresh: list[cal.Outcome] = []
+    gate: GateFit | None = None
     with (out / CACHE_FILE).open("a", encoding="utf-8") as cache:
-        fresh = await _run_pending(variants, jobs, cache, concurrency, progress, transport_factory)
+        if gate_route is not None:  # phase 1: the gate's source route, then the fit
+            fresh = await _run_pending(
+                variants, pending([gate_route]), cache, concurrency, progress, transport_factory
+            )
+            measured = {**cached, **{o.key: o for o in fresh}}
+            rows = gates.rows_of([measured[(i.id, gate_route, b)] for i in items for b in budgets])
+            gate = fit_gate(rows)
+            if _gate_changed(out, gate):  # gated routes measured with other weights
+                cached = {k: o for k, o in cached.items() if o.route not in gated}
+            raw = gates.with_gate(raw, gate)
+            variants = DeliberateConfig.model_validate(cal.variant_config(raw, routes, budgets))
+        rest = [r for r in routes if r != gate_route]
+        fresh += await _run_pending(
+            variants, pending(rest), cache, concurrency, progress, transport_factory
+        )
     results = {**cached, **{o.key: o for o in fresh}}
     outcomes = [results[(item.id, r, b)] for item, r, b in wanted]
 
@@ -305,11 +260,26 @@ async def run_calibration(
     check = None
     if heldout:
         check = await _check_heldout(
-            config_out, heldout, classes, strategy, concurrency, progress, transport_factory
+            config_out,
+            heldout,
+            classes,
+            strategy,
+            concurrency,
+            progress,
+            transport_factory,
+            gate_route=gate_route,
         )
         with (out / HELDOUT_FILE).open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(o.to_json()) + "\n" for o in check.outcomes)
-    _write_tables(out, cells, chosen, slos, escalations, check)
+    gate_report = None
+    if gate is not None:
+        held = gates.rows_of(check.outcomes) if check is not None else []
+        gate_report = {
+            "route": gate_route,
+            "fit": gate.to_json(),
+            "heldout": {"rows": len(held), "auroc": evaluate(gate.model, held)} if held else None,
+        }
+    _write_tables(out, cells, chosen, slos, escalations, check, gate_report)
     plots = plot_accuracy(cells, out, chosen, check.cells if check else ())
     return CalibrationReport(
         out_dir=out,
@@ -323,7 +293,20 @@ async def run_calibration(
         plots=plots,
         escalations=escalations,
         heldout=check,
+        gate=gate_report,
     )
+
+
+def _gate_changed(out: Path, fit: GateFit) -> bool:
+    """Whether ``fit`` differs from the gate the cached outcomes were measured with (it is
+    saved in ``gate.json``, which this call updates)."""
+    path = out / GATE_FILE
+    try:
+        before = json.loads(path.read_text(encoding="utf-8")).get("params")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    path.write_text(json.dumps({"params": fit.params(), **fit.to_json()}, indent=2) + "\n")
+    return bool(before != fit.params())
 
 
 async def _check_heldout(
@@ -334,6 +317,7 @@ async def _check_heldout(
     concurrency: int,
     progress: bool,
     transport_factory: TransportFactory,
+    gate_route: str | None = None,
 ) -> HeldOutCheck:
     """``auto`` and the greedy cheap route on held-out items, through the written policy
     (tenants and admission off, as for the route variants: this measures the routing)."""
@@ -343,7 +327,7 @@ async def _check_heldout(
     cfg = DeliberateConfig.model_validate(raw)
     cheap = cfg.default_route
     jobs = [
-        Job(item, classes[item.id], model, strategy.get(model, "auto"), None)
+        Job(item, classes[item.id], model, strategy.get(model, "auto"), None, model == gate_route)
         for item in items
         for model in (AUTO, cheap)
     ]
@@ -366,6 +350,7 @@ def _write_tables(
     slos: dict[str, float | None],
     escalations: dict[str, cal.Escalation],
     check: HeldOutCheck | None,
+    gate: Mapping[str, Any] | None = None,
 ) -> None:
     text = (
         "# Calibration\n\n"
@@ -393,6 +378,8 @@ def _write_tables(
             + f"\nauto − {check.cheap}: {d:+.3f} (paired bootstrap 95 % CI {lo:+.3f} to "
             + f"{hi:+.3f}) over {len(check.outcomes) // 2} held-out items.\n"
         )
+    if gate is not None:
+        text += _gate_section(gate)
     (out / "eval.md").write_text(text, encoding="utf-8")
     with (out / "eval.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(cal.csv_rows(cells))
@@ -402,8 +389,26 @@ def _write_tables(
         "slo_ms": slos,
         "escalations": {c: dataclasses.asdict(e) for c, e in escalations.items()},
         "heldout": check.to_json() if check else None,
+        "gate": gate,
     }
     (out / "eval.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def _gate_section(gate: Mapping[str, Any]) -> str:
+    fit = gate["fit"]
+
+    def auroc(values: Mapping[str, float | None]) -> str:
+        return ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in values.items())
+
+    weights = ", ".join(f"{f} {w:+.3f}" for f, w in fit["weights"].items()) or "none"
+    text = (
+        f"\n## Learned gate (fitted on {gate['route']}'s answers)\n\n"
+        f"{fit['rows']} answers, {fit['right']} right; bias {fit['bias']:+.3f}; "
+        f"weights: {weights}.\n\nAUROC on the fit answers: {auroc(fit['auroc'])}.\n"
+    )
+    if held := gate.get("heldout"):
+        text += f"AUROC on {held['rows']} held-out answers: {auroc(held['auroc'])}.\n"
+    return text
 
 
 def _train_predictor(

@@ -48,6 +48,8 @@ class Outcome:
     ttft_ms: float | None
     latency_ms: float
     error: str | None = None
+    gate_features: dict[str, float] | None = None
+    """The answer's learned-gate features, measured for the gate's source route only."""
 
     @property
     def key(self) -> tuple[str, str, int | None]:

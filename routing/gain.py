@@ -11,21 +11,19 @@ or lists lettered options. Open questions ("Name three colours.") never escalate
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from routing.config import DeliberateConfig, Route
 from routing.decision import CandidateView, GainView
 from routing.policy_config import GainRule
+from strategies.answers import lists_options
 from strategies.verifiers.arithmetic import is_checkable
-
-_OPTION_LINE = re.compile(r"^\s*\(?[A-H][).:]\s", re.MULTILINE)
 
 
 def answerable(question: str) -> bool:
     """Whether sampled answers to ``question`` can be read and voted on: it involves numbers
     or lists at least two lettered options (``A) ...``)."""
-    return any(c.isdigit() for c in question) or len(_OPTION_LINE.findall(question)) >= 2
+    return any(c.isdigit() for c in question) or lists_options(question)
 
 
 def verifiable(rule: GainRule, ladder: Route, question: str) -> bool:
@@ -36,6 +34,8 @@ def verifiable(rule: GainRule, ladder: Route, question: str) -> bool:
     rungs = ladder.escalate_to or []
     if not rungs:
         return answerable(question)
+    if rungs[0].verifier == "learned-gate":
+        return answerable(question)  # its ladder votes on sampled answers: they must compare
     if rungs[0].verifier == "arithmetic":
         # a plain-arithmetic question is checked against its own value; elsewhere the checker
         # only sees equations the answer writes, which a bare answer does not

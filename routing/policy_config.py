@@ -175,7 +175,7 @@ class Measured(_Strict):
     budget: int | None = Field(None, description="The budget (max_tokens) it was measured at.")
 
 
-VerifierName = Literal["arithmetic", "logprob-judge", "confidence"]
+VerifierName = Literal["arithmetic", "logprob-judge", "confidence", "learned-gate"]
 MAX_RUNGS = 8
 
 

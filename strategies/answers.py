@@ -243,6 +243,14 @@ def _option_letter(text: str, spec: ExtractSpec) -> str | None:
     return hits[-1].upper() if hits else None
 
 
+_OPTION_LINE = re.compile(r"^\s*\(?[A-H][).:]\s", re.MULTILINE)
+
+
+def lists_options(question: str) -> bool:
+    """Whether ``question`` lists at least two lettered options (``A) ...`` lines)."""
+    return len(_OPTION_LINE.findall(question)) >= 2
+
+
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _MAX_JSON_STARTS = 200
 

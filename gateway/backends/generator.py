@@ -99,7 +99,7 @@ def parse_result(data: dict[str, Any]) -> GenResult:
                 finish_reason=c.get("finish_reason"),
                 stop_reason=c.get("stop_reason"),
                 reasoning=msg.get("reasoning") or msg.get("reasoning_content"),
-                logprobs=_logprobs(c.get("logprobs")),
+                logprobs=parse_logprobs(c.get("logprobs")),
                 raw_logprobs=c.get("logprobs"),
             )
         )
@@ -155,7 +155,8 @@ def _prompt_logprobs(raw: Any) -> tuple[TokenLogprob | None, ...] | None:
     return tuple(out)
 
 
-def _logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+def parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    """A chat choice's (or stream delta's) ``logprobs.content`` as tokens; None if absent."""
     if not isinstance(raw, dict) or not isinstance(raw.get("content"), list):
         return None
     return tuple(

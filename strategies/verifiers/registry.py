@@ -13,9 +13,9 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from strategies.answers import ExtractSpec
 from strategies.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, Signal
@@ -27,6 +27,7 @@ from strategies.verifiers.exact import (
     MultipleChoiceVerifier,
     ReferenceMatchVerifier,
 )
+from strategies.verifiers.gate import GATE_FEATURES, GateModel, LearnedGateVerifier
 from strategies.verifiers.judge import MAX_TOP_LOGPROBS, LogprobJudgeVerifier
 
 ENTRY_POINT_GROUP = "deliberate.verifiers"
@@ -85,6 +86,20 @@ class SchemaParams(_Params):
     json_schema: dict[str, Any] = Field(alias="schema")
 
 
+class GateParams(_Params):
+    """A fitted gate (``deliberate calibrate`` writes it); see ``strategies.verifiers.gate``."""
+
+    bias: float = Field(allow_inf_nan=False)
+    weights: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
+
+    @field_validator("weights")
+    @classmethod
+    def _known_features(cls, weights: dict[str, float]) -> dict[str, float]:
+        if unknown := sorted(set(weights) - set(GATE_FEATURES)):
+            raise ValueError(f"unknown feature(s) {unknown}; known: {', '.join(GATE_FEATURES)}")
+        return weights
+
+
 def _arithmetic(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
     return ArithmeticConsistencyVerifier(ArithmeticParams(**params).extract)
 
@@ -133,6 +148,15 @@ def _schema(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
     return JsonSchemaVerifier(SchemaParams(**params).json_schema)
 
 
+def _gate(context: VerifierContext, params: Mapping[str, Any]) -> Verifier:
+    p = GateParams(**params)
+    return LearnedGateVerifier(
+        GateModel(p.bias, p.weights),
+        ArithmeticConsistencyVerifier(),
+        ConfidenceVerifier(context.generator),
+    )
+
+
 VERIFIERS: Mapping[str, VerifierFactory] = {
     "arithmetic": _arithmetic,
     "logprob-judge": _judge,
@@ -140,6 +164,7 @@ VERIFIERS: Mapping[str, VerifierFactory] = {
     "reference-match": _reference,
     "multiple-choice": _choice,
     "json-schema": _schema,
+    "learned-gate": _gate,
 }
 
 
@@ -150,6 +175,7 @@ VERIFIER_PARAMS: Mapping[str, type[BaseModel]] = {
     "reference-match": ReferenceParams,
     "multiple-choice": ChoiceParams,
     "json-schema": SchemaParams,
+    "learned-gate": GateParams,
 }
 """Each built-in verifier's params model, for config-time validation (``model_validate``
 raises pydantic's ``ValidationError`` with the failing field's location); no collaborators

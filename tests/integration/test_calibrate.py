@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 from ruamel.yaml import YAML
 
 from gateway.calibrate import run_calibration
@@ -130,3 +131,59 @@ async def test_calibrate_real_backend(backend_url: str, tmp_path: Path) -> None:
         assert r.headers["x-deliberate-route"] == after["route"]
         assert r.headers["x-deliberate-class"] == after["request_class"]
         assert "by=policy" in r.headers["x-deliberate-reason"]
+
+
+GATED_LADDER = {
+    "name": "gated-ladder",
+    "strategy": "single-pass",
+    "backend": "default",
+    "sampling": {"temperature": 0},
+    "escalate_to": [
+        {
+            "samples": 4,
+            "verifier": "learned-gate",
+            "verifier_params": {"bias": 0.0, "weights": {}},
+            "threshold": 0.5,
+            "sampling": {"temperature": 0.8},
+        }
+    ],
+    "budget": {"max_total_tokens": 2048, "deadline_s": 120},
+}
+
+
+@pytest.mark.anyio
+async def test_calibrate_fits_the_learned_gate_on_real_answers(
+    backend_url: str, tmp_path: Path
+) -> None:
+    """The gate is fitted on greedy answers' real logprobs and checks, written into the
+    gated rung, and the gated route is measured with the fitted weights."""
+    raw = yaml.safe_load(uncalibrated(SHIPPED_CONFIG.read_text()).replace(LOCAL, backend_url))
+    raw["routes"].append(GATED_LADDER)
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    items = two_digit_sums(12, "fit")
+    heldout = two_digit_sums(6, "heldout")
+    out = tmp_path / "calibration"
+    routes = ["single-pass", "gated-ladder"]
+
+    report = await run_calibration(
+        config, items, routes, [48], out, 2, progress=False, heldout=heldout
+    )
+
+    assert all(o.error is None for o in report.outcomes), report.outcomes
+    source = [o for o in report.outcomes if o.route == "single-pass"]
+    assert all(o.gate_features is not None for o in source)
+    # real logprobs arrived: the confidence feature is measured, not the neutral 0.5
+    assert sum(o.gate_features["confidence"] != 0.5 for o in source if o.gate_features) >= 10
+    assert report.gate is not None
+    fit = report.gate["fit"]
+    assert fit["rows"] == 12 and 0 < fit["right"] < 12, fit  # greedy is wrong on some sums
+    # on plain arithmetic the checker knows the value: a right answer scores high on it
+    assert fit["weights"]["arithmetic"] > 0 and fit["auroc"]["gate"] >= 0.9, fit
+    held = report.gate["heldout"]
+    assert held is not None and held["rows"] == 6
+    cfg = load_config(report.config_path)
+    rungs = cfg.route("gated-ladder").escalate_to
+    assert rungs is not None
+    assert rungs[0].verifier_params == {"bias": fit["bias"], "weights": fit["weights"]}
+    assert cfg.route("gated-ladder").measured["all"].items == 12

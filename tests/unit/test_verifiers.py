@@ -387,7 +387,10 @@ def wrong_factory() -> object:
 
 def test_registry_builds_each_builtin() -> None:
     context = VerifierContext(generator=ScriptedJudge(), reference="B")
-    params = {"json-schema": {"schema": {"type": "object"}}}
+    params = {
+        "json-schema": {"schema": {"type": "object"}},
+        "learned-gate": {"bias": 0.0, "weights": {"arithmetic": 1.0}},
+    }
     for name in VERIFIERS:
         verifier = build_verifier(name, context, params.get(name))
         assert is_verifier(verifier) and verifier.name == name

@@ -13,8 +13,8 @@ from gateway.schemas import INT_FIELDS
 from routing.loader import format_loc
 
 
-def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
-    """The body as a dict, validated against ``schema``; 400 naming the field otherwise."""
+def load_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object that can be forwarded; 400 ``invalid_json`` otherwise."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -22,6 +22,12 @@ def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
     check_writable(payload)
+    return payload
+
+
+def parse_payload(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
+    """The body as a dict, validated against ``schema``; 400 naming the field otherwise."""
+    payload = load_object(raw)
     try:
         validated = schema.model_validate(payload)
     except ValidationError as e:

@@ -70,10 +70,20 @@ class Answer:
     body: bytes | None = None
     stream: AsyncGenerator[bytes, None] | None = None
     upstream: Upstream | None = None
+    source: AsyncGenerator[bytes, None] | None = None  # what ``stream`` translates, if anything
+
+    def translated(
+        self, translate: Callable[[AsyncGenerator[bytes, None]], AsyncGenerator[bytes, None]]
+    ) -> Answer:
+        """The same answer with its stream passed through ``translate`` (closed together)."""
+        assert self.stream is not None
+        return Answer(stream=translate(self.stream), upstream=self.upstream, source=self.stream)
 
     async def aclose(self) -> None:
         if self.stream is not None:
             await self.stream.aclose()
+        if self.source is not None:  # a translator never started does not close its source
+            await self.source.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
 

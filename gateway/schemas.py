@@ -95,9 +95,21 @@ class StreamOptions(_Open):
     continuous_usage_stats: bool | None = None
 
 
-def _integral_tree(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
+EXACT_FLOAT_INT = 2**53
+"""Beyond this a float is not an exact integer: JSON parsers read an integer literal outside
+64 bits as the nearest float, so ``-9223372036854775809`` would pass as ``-2**63``."""
+
+
+def exact_int(value: Any) -> Any:
+    """An integral float as its int when the float is exact (``3.0`` → 3), else unchanged."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= EXACT_FLOAT_INT:
         return int(value)
+    return value
+
+
+def _integral_tree(value: Any) -> Any:
+    if isinstance(value, float):
+        return exact_int(value)
     if isinstance(value, list):
         return [_integral_tree(v) for v in value]
     return value
@@ -111,10 +123,7 @@ class _SamplingFields(_Open):
     def _integral_floats(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        return {
-            k: int(v) if k in INT_FIELDS and isinstance(v, float) and v.is_integer() else v
-            for k, v in data.items()
-        }
+        return {k: exact_int(v) if k in INT_FIELDS else v for k, v in data.items()}
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0)

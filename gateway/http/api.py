@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +35,14 @@ from gateway.http.openapi import (
 )
 from gateway.pipeline import Answer, complete
 from gateway.policy_export import export_policy
+from gateway.responses import (
+    Translation,
+    rename_param,
+    response_body,
+    response_stream,
+    translate_request,
+)
+from gateway.responses_schema import ResponsesRequest
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from metrics.registry import RejectReason
@@ -70,8 +79,21 @@ async def completions(request: Request) -> Response:
     return await _completion(request, "completions")
 
 
-async def _completion(request: Request, endpoint: Endpoint) -> Response:
+@router.post(
+    "/v1/responses",
+    openapi_extra=json_body(ResponsesRequest),
+    responses=COMPLETION_RESPONSES,
+)
+async def responses(request: Request) -> Response:
+    """The Responses API, served as the chat completion it translates to (``store: false``)."""
+    return await _completion(request, "chat", responses_dialect=True)
+
+
+async def _completion(
+    request: Request, endpoint: Endpoint, *, responses_dialect: bool = False
+) -> Response:
     services = services_of(request)
+    translation: Translation | None = None
     ctx = RequestContext(request_id_from(request.headers.get("x-request-id")))
     request.state.ctx = ctx
     streaming = False
@@ -80,15 +102,23 @@ async def _completion(request: Request, endpoint: Endpoint) -> Response:
         ctx.tenant = tenant.name
         services.budgets.enter(tenant, ctx)  # per-tenant concurrency, released by settle
         raw = await read_body(request, services.config.limits.max_body_bytes)
+        if responses_dialect:
+            translation = translate_request(raw)
+            raw = orjson.dumps(translation.chat)
         answer = await until_disconnect(
             request, ctx, complete(services, endpoint, raw, ctx, tenant)
         )
         if answer.stream is not None:
             streaming = True
+            if (t := translation) is not None:
+                answer = answer.translated(lambda chat: response_stream(chat, t))
             return RelayResponse(answer, ctx, services)
         assert answer.body is not None
-        return Response(answer.body, media_type="application/json", headers=ctx.headers())
+        body = answer.body if translation is None else response_body(answer.body, translation)
+        return Response(body, media_type="application/json", headers=ctx.headers())
     except DeliberateError as e:
+        if responses_dialect:
+            rename_param(e, translation)
         if (reason := _REJECTIONS.get(type(e))) is not None:
             services.metrics.reject(ctx.route or "none", reason)
         return error_response(request, e)

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.anyio
         ({"n": 2.5}, "n"),
         ({"n": 1e20}, "n"),  # JSON parsers read a big integer as a float
         ({"seed": 2.0**64}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),  # read as the float -2**63, which would fit
+        ({"n": 2.0**53 + 2}, "n"),  # an integral float past 2**53 may be a rounded one
         ({"max_tokens": "16"}, "max_tokens"),
         ({"max_tokens": 1e300}, "max_tokens"),
         ({"temperature": "0.5"}, "temperature"),

@@ -298,7 +298,9 @@ def test_metrics_are_scraped_from_the_keyless_listener(
     assert annotations["prometheus.io/path"] == "/metrics"
     monitor = one(objs, "ServiceMonitor", "deliberate")
     service = one(objs, "Service", "deliberate")
-    port = next(p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"])
+    port = next(
+        p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"]
+    )
     assert port["targetPort"] == "metrics"
     # The dashboards and alert rules select job="deliberate" / job="vllm"; the operator names
     # the job after the Service.

@@ -202,6 +202,9 @@ def test_the_secret_template_is_valid_and_named_by_the_gateway(
     (tenant_keys,) = c["envFrom"]
     assert tenant_keys["secretRef"]["name"] in secrets
     assert tenant_keys["secretRef"]["optional"] is True  # no tenants = open access
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    tenant_vars = secrets[tenant_keys["secretRef"]["name"]]["stringData"]
+    assert not any(name.startswith(prefix) for name in tenant_vars)  # never a setting's name
 
 
 # --------------------------------------------------------------------------------------

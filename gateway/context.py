@@ -50,6 +50,7 @@ class RequestContext:
     downgrade_cause: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
     hidden_sources: dict[str, int] = field(default_factory=dict)
+    thinking_events: int = 0  # streamed thinking deltas before the first answer token
     token_gaps_s: array[float] = field(default_factory=lambda: array("d"))
     """Seconds between streamed content chunks, as C doubles: 8 bytes a gap where a list of
     floats takes ~40, held until the stream ends. In bench/soak.py, 256 concurrent 1,000-chunk

@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.backends.tokenize import count_tokens
 from gateway.backends.upstream import Upstream, read_json
 from gateway.context import RequestContext
+from gateway.errors import DeliberateError
 from gateway.sse import DONE, DONE_EVENT, EventSplitter, event_data, format_event
 from strategies.base import Deadline
 from strategies.usage import Usage
@@ -29,7 +31,35 @@ async def read_json_body(upstream: Upstream, ctx: RequestContext) -> bytes:
     body, data = await read_json(upstream)
     ctx.mark_first_token()
     ctx.usage = Usage.from_openai(data.get("usage") if isinstance(data, dict) else None)
+    if ctx.usage.hidden == 0 and (answers := thinking_answers(data)) is not None:
+        # Thinking the backend did not count: whatever is not the answers was thinking.
+        try:
+            counts = await count_tokens(upstream.pool, answers, ctx.request_id, upstream.replica)
+        except DeliberateError:
+            pass  # the answer is here; only the split of its usage is unknown
+        else:
+            ctx.usage = with_thinking(ctx.usage, sum(counts))
     return with_admission_info(body, ctx)
+
+
+def thinking_answers(data: Any) -> list[str] | None:
+    """Each choice's answer text when some choice carries thinking (``reasoning`` or
+    ``reasoning_content``), else None."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return None
+    messages: list[dict[str, Any]] = [
+        m for c in choices if isinstance(c, dict) and isinstance(m := c.get("message"), dict)
+    ]
+    if not any(m.get("reasoning") or m.get("reasoning_content") for m in messages):
+        return None
+    return [c if isinstance(c := m.get("content"), str) else "" for m in messages]
+
+
+def with_thinking(usage: Usage, answer_tokens: int) -> Usage:
+    """``usage`` with every generated token beyond ``answer_tokens`` counted as hidden."""
+    visible = min(answer_tokens, usage.completion)
+    return Usage(prompt=usage.prompt, visible=visible, hidden=usage.completion - visible)
 
 
 def with_admission_info(body: bytes, ctx: RequestContext) -> bytes:
@@ -189,14 +219,28 @@ def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> boo
         ctx.outcome = "backend_error"
         return True
     choices = obj.get("choices")
-    if ctx.ttft_s is None and choices and _has_visible_output(choices):
-        ctx.mark_first_token()
+    if ctx.ttft_s is None and choices:
+        if _has_visible_output(choices):
+            ctx.mark_first_token()
+        elif _has_thinking(choices):
+            ctx.thinking_events += 1
     usage = obj.get("usage")
     if usage:
         ctx.usage = Usage.from_openai(usage)
+        if ctx.thinking_events > ctx.usage.hidden:
+            # Thinking the backend did not count: vLLM streams one token per delta.
+            ctx.usage = with_thinking(ctx.usage, ctx.usage.completion - ctx.thinking_events)
         if not choices and not client_wants_usage and not ctx.admission_info():
             return False
     return True
+
+
+def _has_thinking(choices: list[Any]) -> bool:
+    for c in choices:
+        delta = c.get("delta") if isinstance(c, dict) else None
+        if isinstance(delta, dict) and (delta.get("reasoning") or delta.get("reasoning_content")):
+            return True
+    return False
 
 
 def _has_visible_output(choices: list[Any]) -> bool:

@@ -25,6 +25,7 @@ from strategies.answers import ExtractSpec, extract_answer, normalize_answer
 from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest, StrategyResult
 from strategies.confidence import Signal, confidence_stats, signal_value
 from strategies.ports import Candidate, GenChoice, GenRequest, GenResult, Score, Verifier
+from strategies.thinking import ThinkingParams, thinking_budget
 from strategies.usage import Usage
 from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier, is_checkable
 from strategies.verifiers.registry import VerifierContext, build_verifier
@@ -48,6 +49,11 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1, description="Per-candidate cap when the client sets none.")
     answer: ExtractSpec = ExtractSpec()
+    thinking: ThinkingParams | None = Field(
+        None,
+        description="Native thinking per candidate (a backend with a reasoning parser): "
+        "thinking_token_budget, reasoning_effort budgets, the prefill that opens it.",
+    )
 
 
 class BestOfNParams(SamplingParams):
@@ -106,17 +112,33 @@ def question_of(messages: Sequence[dict[str, Any]]) -> str:
 
 
 def gen_request(
-    request: StrategyRequest, params: SamplingParams, n: int, cap: int | None
+    request: StrategyRequest,
+    params: SamplingParams,
+    n: int,
+    cap: int | None,
+    think: int = 0,
 ) -> GenRequest:
-    """The backend call for ``n`` candidates: the client's sampling fields win over defaults."""
+    """The backend call for ``n`` candidates: the client's sampling fields win over defaults.
+
+    ``think`` > 0: each candidate first thinks for at most that many tokens (the backend
+    enforces ``thinking_token_budget``), then answers within ``cap``."""
     sampling = dict(request.sampling)
     temperature = sampling.pop("temperature", None)
     top_p = sampling.pop("top_p", None)
     stop = sampling.pop("stop", None)
+    messages: Sequence[dict[str, Any]] = request.messages
+    continue_final = False
+    if think > 0 and params.thinking is not None:
+        sampling["thinking_token_budget"] = think
+        cap = None if cap is None else cap + think
+        if params.thinking.prefill:
+            messages = [*messages, {"role": "assistant", "content": params.thinking.prefill}]
+            continue_final = True
     return GenRequest(
-        messages=request.messages,
+        messages=messages,
         n=n,
         max_tokens=cap,
+        continue_final_message=continue_final,
         temperature=params.temperature if temperature is None else temperature,
         top_p=params.top_p if top_p is None else top_p,
         stop=[stop] if isinstance(stop, str) else stop,
@@ -135,14 +157,22 @@ async def sample(
     Raises ``DeadlineExceeded`` when the deadline passes first (the call is cancelled, which
     closes its connection and makes vLLM abort it).
     """
+    think = 0
+    if params.thinking is not None:
+        think = ctx.budget.cap_hidden(thinking_budget(params.thinking, request.reasoning_effort))
     cap = ctx.budget.cap(request.max_tokens or params.max_tokens)
-    if cap is not None and ctx.budget.remaining is not None and cap > 0:
-        n = max(1, min(n, ctx.budget.remaining // cap))
+    rem = ctx.budget.remaining
+    if think and rem is not None and cap is not None:  # one candidate's thinking + answer fit
+        think = min(think, max(0, rem - 1))
+        cap = max(1, min(cap, rem - think))
+    per_candidate = None if cap is None else cap + think
+    if per_candidate and ctx.budget.remaining is not None:
+        n = max(1, min(n, ctx.budget.remaining // per_candidate))
     if (left := ctx.budget.candidates_left) is not None:
         n = max(1, min(n, left))
     try:
         async with asyncio.timeout(ctx.deadline.remaining_s):
-            result = await ctx.generator.generate(gen_request(request, params, n, cap))
+            result = await ctx.generator.generate(gen_request(request, params, n, cap, think))
     except TimeoutError as e:
         raise DeadlineExceeded from e
     ctx.budget.charge(result.usage)
@@ -158,8 +188,9 @@ def answers_of(choices: Sequence[GenChoice], spec: ExtractSpec) -> tuple[str | N
 
 
 def split_usage(total: Usage, choices: Sequence[GenChoice], chosen: int) -> Usage:
-    """Re-label generated tokens: the chosen candidate's are visible, all others hidden."""
-    visible = choices[chosen].tokens
+    """Re-label generated tokens: the chosen candidate's answer is visible; its thinking and
+    every other candidate are hidden."""
+    visible = choices[chosen].answer_tokens
     generated = total.visible + total.hidden
     return Usage(prompt=total.prompt, visible=visible, hidden=max(0, generated - visible))
 
@@ -220,8 +251,10 @@ async def select(
     )
     if used == "verifier":
         chosen = best_scored([s.value for s in scores])
-    else:
-        chosen = vote.chosen if vote.chosen is not None else 0
+    elif vote.chosen is not None:
+        chosen = vote.chosen
+    else:  # no candidate has an extractable answer: any reply beats an empty one
+        chosen = next((i for i, t in enumerate(texts) if t.strip()), 0)
     info: dict[str, Any] = {
         "selector": used,
         "answers": list(sampled.answers),

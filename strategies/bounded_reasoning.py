@@ -31,18 +31,9 @@ from strategies.base import (
 )
 from strategies.best_of_n import DeadlineExceeded
 from strategies.ports import GenRequest, GenResult, Message
+from strategies.thinking import DEFAULT_EFFORT_BUDGETS, Effort
 from strategies.usage import Usage
 
-Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-
-DEFAULT_EFFORT_BUDGETS: dict[Effort, int] = {
-    "none": 0,
-    "minimal": 32,
-    "low": 64,
-    "medium": 128,
-    "high": 256,
-    "xhigh": 512,
-}
 SCRATCHPAD_PROMPT = (
     "Before answering, think step by step inside {start} ... {end}. "
     "Check your work there. After {end}, write only the final answer."

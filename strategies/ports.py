@@ -63,7 +63,9 @@ class TokenLogprob:
 
 @dataclass(frozen=True, slots=True)
 class GenChoice:
-    """One sample. ``tokens`` is its exact generated-token count (from vLLM's token ids)."""
+    """One sample. ``tokens`` is its exact generated-token count (from vLLM's token ids), of
+    which ``reasoning_tokens`` were thinking (``reasoning``, end marker included): hidden work
+    even when this sample is the answer."""
 
     index: int
     text: str
@@ -73,13 +75,20 @@ class GenChoice:
     reasoning: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     raw_logprobs: Any = None  # the backend's logprobs object, to hand back to the client as-is
+    reasoning_tokens: int = 0
+
+    @property
+    def answer_tokens(self) -> int:
+        """The tokens of the answer itself (``text``): what the client sees of this sample."""
+        return max(0, self.tokens - self.reasoning_tokens)
 
 
 @dataclass(frozen=True, slots=True)
 class GenResult:
     """The answer to one ``GenRequest``. ``usage.prompt`` counts the prompt once (it was sent
-    once); ``usage.visible`` holds every generated token — the strategy decides which of them
-    the client sees and re-labels the rest as hidden."""
+    once); ``usage.visible`` holds every generated answer token — the strategy decides which
+    of them the client sees and re-labels the rest as hidden — and ``usage.hidden`` the
+    samples' thinking (``GenChoice.reasoning_tokens``), hidden whichever sample is chosen."""
 
     choices: tuple[GenChoice, ...]
     usage: Usage

@@ -292,8 +292,8 @@ class Refine:
         pick = versions[chosen].choice
         usage = Usage(
             prompt=spent.prompt + spent.verifier.prompt,
-            visible=pick.tokens,
-            hidden=max(0, spent.generated - pick.tokens) + spent.verifier.completion,
+            visible=pick.answer_tokens,
+            hidden=max(0, spent.generated - pick.answer_tokens) + spent.verifier.completion,
         )
         info: dict[str, Any] = {
             "rounds": rounds,

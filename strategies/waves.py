@@ -190,7 +190,7 @@ def relabel(pool: CandidatePool, chosen: int) -> Usage:
     """The pool's usage with the chosen candidate's tokens visible and all others hidden.
     A chosen seed (generated before, not counted in this pool's usage) makes all of it hidden."""
     generated = pool.usage.visible
-    visible = 0 if chosen < pool.seeded else pool.choices[chosen].tokens
+    visible = 0 if chosen < pool.seeded else pool.choices[chosen].answer_tokens
     return Usage(
         prompt=pool.usage.prompt,
         visible=visible,

@@ -7,14 +7,17 @@ waves reuse its prefix cache (another one when it fails or is ejected meanwhile)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from itertools import count
 from typing import Any
 
 import orjson
 
 from gateway.backends.pool import Pool, Replica
+from gateway.backends.tokenize import count_tokens
 from gateway.backends.upstream import open_upstream, read_json
-from gateway.errors import BackendError
+from gateway.errors import BackendError, DeliberateError
 from strategies.base import Deadline
 from strategies.ports import GenChoice, GenRequest, GenResult, TokenLogprob, TopLogprob
 from strategies.usage import Usage
@@ -51,7 +54,37 @@ class VLLMGenerator:
                 f"backend pool {self.pool.name!r} answered JSON that is not a completion",
                 code="backend_invalid_response",
             )
-        return parse_result(data)
+        result = parse_result(data)
+        if not has_thinking(result):
+            return result
+        try:
+            counts = await count_tokens(
+                self.pool, [c.text for c in result.choices], rid, prefer=self.replica
+            )
+        except DeliberateError:
+            return result  # the samples are here; the backend's own reasoning count stands
+        return split_thinking(result, counts)
+
+
+def has_thinking(result: GenResult) -> bool:
+    """Whether any sample came back with thinking (a reasoning parser's ``reasoning``)."""
+    return any(c.reasoning for c in result.choices)
+
+
+def split_thinking(result: GenResult, answer_tokens: Sequence[int]) -> GenResult:
+    """``result`` with each sample's thinking counted from its answer's token count
+    (``answer_tokens``, same order as the choices): everything a sample generated beyond its
+    answer was thinking, end marker included, so it is hidden whatever the backend's usage
+    says (vLLM's ``reasoning_tokens`` leaves the end marker out, and with n > 1 gives one
+    total for all samples)."""
+    choices = tuple(
+        replace(c, reasoning_tokens=max(0, c.tokens - a) if c.reasoning else 0)
+        for c, a in zip(result.choices, answer_tokens, strict=True)
+    )
+    generated = max(result.usage.completion, sum(c.tokens for c in choices))
+    visible = min(generated, sum(c.answer_tokens for c in choices))
+    usage = Usage(prompt=result.usage.prompt, visible=visible, hidden=generated - visible)
+    return replace(result, choices=choices, usage=usage)
 
 
 def chat_body(model: str, req: GenRequest) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -89,22 +89,54 @@ def force_stream_usage(payload: dict[str, Any]) -> bool:
     return client_wants
 
 
+class StreamDialect(Protocol):
+    """What the relay needs to know about one kind of stream (chat SSE, Responses events)."""
+
+    def inspect(self, event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bool:
+        """Update ``ctx`` from one event (TTFT, usage, a backend error); whether to forward it.
+        Raises ``StreamBroken`` for an event the relay cannot make sense of."""
+        ...
+
+    def ends(self, event: bytes) -> bool:
+        """Whether ``event`` is the last of a whole stream."""
+        ...
+
+    def failure(self, message: str, etype: str, code: str) -> bytes:
+        """The events that end a broken stream for the client."""
+        ...
+
+
+class ChatDialect:
+    """Chat / legacy completions streams: chunks, then ``data: [DONE]``."""
+
+    def inspect(self, event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bool:
+        return _inspect(event, ctx, client_wants_usage)
+
+    def ends(self, event: bytes) -> bool:
+        return event_data(event) == DONE
+
+    def failure(self, message: str, etype: str, code: str) -> bytes:
+        return _error_event(message, etype, code) + DONE_EVENT
+
+
 async def relay_stream(
     upstream: Upstream,
     ctx: RequestContext,
     *,
     client_wants_usage: bool,
     deadline: Deadline | None = None,
+    dialect: StreamDialect | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield the backend's SSE events as they arrive, noting TTFT and usage on the way.
 
-    The client already has a 200, so whatever goes wrong ends the stream with one
-    OpenAI-shaped ``error`` event and then ``data: [DONE]``: the route's deadline passing,
-    the backend breaking off, an event that is not JSON (checked until the first token; the
-    hot path after it only looks for usage), or the stream ending without ``[DONE]``
-    (truncated; a partial last event is dropped, not relayed). A client disconnect closes the
-    upstream, which makes vLLM abort.
+    The client already has a 200, so whatever goes wrong ends the stream with the dialect's
+    failure events (chat: one OpenAI-shaped ``error`` event and then ``data: [DONE]``): the
+    route's deadline passing, the backend breaking off, an event that is not JSON (checked
+    until the first token; the hot path after it only looks for usage), or the stream ending
+    without its last event (truncated; a partial last event is dropped, not relayed). A
+    client disconnect closes the upstream, which makes vLLM abort.
     """
+    d: StreamDialect = dialect or ChatDialect()
     splitter = EventSplitter()
     last = b""
     try:
@@ -116,16 +148,17 @@ async def relay_stream(
             out = [
                 _annotate(e, ctx, client_wants_usage)
                 for e in events
-                if _inspect(e, ctx, client_wants_usage)
+                if d.inspect(e, ctx, client_wants_usage)
             ]
             if out:
                 yield b"".join(out) if len(out) > 1 else out[0]
         tail = splitter.tail()
-        if tail.strip() and event_data(tail) == DONE:  # a last event without its blank line
-            last = DONE_EVENT
-            yield DONE_EVENT
-        if event_data(last) != DONE:
-            raise _Broken("the backend's stream ended without [DONE]")
+        if tail.strip() and d.ends(tail):  # a last event without its blank line
+            last = tail.rstrip(b"\r\n") + b"\n\n"
+            d.inspect(last, ctx, client_wants_usage)
+            yield last
+        if not d.ends(last):
+            raise StreamBroken("the backend's stream ended before its last event")
         if ctx.outcome == "backend_error":  # the backend's own error event, relayed
             upstream.failed("the backend's stream carried an error event")
         else:
@@ -135,30 +168,26 @@ async def relay_stream(
         upstream.failed("no whole stream before the route's deadline")
         ctx.outcome = "timeout"
         ctx.stream_done = True
-        yield _error_event(
+        yield d.failure(
             "the route's deadline passed mid-stream; the answer is incomplete",
             "timeout",
             "deadline_exceeded",
         )
-        yield DONE_EVENT
-    except (httpx.HTTPError, _Broken) as e:
+    except (httpx.HTTPError, StreamBroken) as e:
         why = (
             str(e)
-            if isinstance(e, _Broken)
+            if isinstance(e, StreamBroken)
             else f"the backend stopped mid-stream ({type(e).__name__})"
         )
         upstream.failed(why)
         ctx.outcome = "backend_error"
         ctx.stream_done = True  # ended, with the error reported to the client
-        yield _error_event(
-            f"{why}; the answer is incomplete", "backend_error", "backend_stream_error"
-        )
-        yield DONE_EVENT
+        yield d.failure(f"{why}; the answer is incomplete", "backend_error", "backend_stream_error")
     finally:
         await upstream.aclose()
 
 
-class _Broken(Exception):
+class StreamBroken(Exception):
     """The backend's stream is unusable: not SSE-framed JSON, or cut short."""
 
 
@@ -212,7 +241,7 @@ def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> boo
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        raise _Broken("the backend sent an event that is not JSON") from e
+        raise StreamBroken("the backend sent an event that is not JSON") from e
     if not isinstance(obj, dict):
         return True
     if "error" in obj:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel
@@ -45,6 +45,8 @@ from gateway.errors import (
 from gateway.escalation import run_ladder
 from gateway.parsing import parse_payload
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
+from gateway.responses import Translation
+from gateway.responses_forward import RESPONSES_PATH, ResponsesDialect, forward_body
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from routing.config import DeliberateConfig, Route
@@ -71,13 +73,19 @@ class Answer:
     stream: AsyncGenerator[bytes, None] | None = None
     upstream: Upstream | None = None
     source: AsyncGenerator[bytes, None] | None = None  # what ``stream`` translates, if anything
+    dialect: Literal["chat", "responses"] = "chat"  # what the body or stream already speaks
 
     def translated(
         self, translate: Callable[[AsyncGenerator[bytes, None]], AsyncGenerator[bytes, None]]
     ) -> Answer:
         """The same answer with its stream passed through ``translate`` (closed together)."""
         assert self.stream is not None
-        return Answer(stream=translate(self.stream), upstream=self.upstream, source=self.stream)
+        return Answer(
+            stream=translate(self.stream),
+            upstream=self.upstream,
+            source=self.stream,
+            dialect="responses",
+        )
 
     async def aclose(self) -> None:
         if self.stream is not None:
@@ -89,9 +97,18 @@ class Answer:
 
 
 async def complete(
-    services: Services, endpoint: Endpoint, raw: bytes, ctx: RequestContext, tenant: Tenant
+    services: Services,
+    endpoint: Endpoint,
+    raw: bytes,
+    ctx: RequestContext,
+    tenant: Tenant,
+    responses: Translation | None = None,
 ) -> Answer:
-    """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body for ``tenant``."""
+    """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body for ``tenant``.
+
+    ``responses``: the body is a ``/v1/responses`` request's chat translation; a single-pass
+    route then forwards the Responses request itself where the pool serves it (the answer's
+    ``dialect`` says which one came back)."""
     state = services.state  # one policy for the whole request, whatever reloads meanwhile
     payload = parse_payload(raw, _SCHEMAS[endpoint])
     if services.settings.log_prompts:
@@ -159,26 +176,71 @@ async def complete(
 
     # single-pass: a faithful pass-through to one replica, bytes relayed as they come.
     payload["model"] = pool.model
-    client_wants_usage = force_stream_usage(payload) if streaming else False
     deadline = Deadline.after(route.budget.deadline_s)
+    if responses is not None and pool.serves_responses:
+        try:
+            return await _pass_through(
+                pool,
+                RESPONSES_PATH,
+                forward_body(responses, payload, pool.model),
+                route,
+                ctx,
+                deadline,
+                streaming,
+                client_wants_usage=True,
+                dialect=ResponsesDialect(),
+            )
+        except BackendError as e:
+            if e.status != 404:
+                raise
+            pool.serves_responses = False  # an engine without /v1/responses: translate
+    client_wants_usage = force_stream_usage(payload) if streaming else False
+    return await _pass_through(
+        pool,
+        _PATHS[endpoint],
+        orjson.dumps(payload),
+        route,
+        ctx,
+        deadline,
+        streaming,
+        client_wants_usage=client_wants_usage,
+    )
+
+
+async def _pass_through(
+    pool: Pool,
+    path: str,
+    body: bytes,
+    route: Route,
+    ctx: RequestContext,
+    deadline: Deadline,
+    streaming: bool,
+    *,
+    client_wants_usage: bool,
+    dialect: ResponsesDialect | None = None,
+) -> Answer:
+    """One call to one replica, its answer relayed as it comes (in the dialect it speaks)."""
+    spoken: Literal["chat", "responses"] = "chat" if dialect is None else "responses"
     try:
         async with asyncio.timeout(deadline.remaining_s):
             upstream = await open_upstream(
                 pool,
-                _PATHS[endpoint],
-                orjson.dumps(payload),
+                path,
+                body,
                 ctx.request_id,
                 deadline=deadline,
                 deadline_counts=True,  # the call is the request: too slow for it is a failure
             )
             if not streaming:
-                return Answer(body=await read_json_body(upstream, ctx))
+                return Answer(body=await read_json_body(upstream, ctx), dialect=spoken)
     except TimeoutError as e:
         raise BackendTimeout(
             f"route {route.name!r} reached its deadline of {route.budget.deadline_s}s"
         ) from e
-    stream = relay_stream(upstream, ctx, client_wants_usage=client_wants_usage, deadline=deadline)
-    return Answer(stream=stream, upstream=upstream)
+    stream = relay_stream(
+        upstream, ctx, client_wants_usage=client_wants_usage, deadline=deadline, dialect=dialect
+    )
+    return Answer(stream=stream, upstream=upstream, dialect=spoken)
 
 
 def apply_sampling(

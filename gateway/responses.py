@@ -43,6 +43,8 @@ class Translation:
     echo: dict[str, Any]
     message_params: list[str]
     """The Responses field each chat message came from (``instructions``, ``input[2]``)."""
+    body: dict[str, Any] = field(default_factory=dict)
+    """The client's body as sent (validated): what a forwarded single-pass sends on."""
     response_id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
     created_at: int = field(default_factory=lambda: int(time.time()))
 
@@ -101,7 +103,9 @@ def translate_request(raw: bytes) -> Translation:
         sources.append("input")
     else:
         sources += [f"input[{i}]" for i in range(len(req.input))]
-    return Translation(chat=_chat_body(req, body), echo=_echo(req), message_params=sources)
+    return Translation(
+        chat=_chat_body(req, body), echo=_echo(req), message_params=sources, body=body
+    )
 
 
 _TEXT_PARTS = ("input_text", "output_text")

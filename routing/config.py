@@ -89,6 +89,11 @@ class BackendPool(_Strict):
         description="Route used when a request names this pool's model; default: first route on the pool.",
     )
     kv: KvSpec = KvSpec()
+    responses_api: Literal["forward", "translate"] = Field(
+        "forward",
+        description="single-pass /v1/responses: forward to the backend's own /v1/responses "
+        "(falls back to translate if it answers 404), or translate to chat completions.",
+    )
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> BackendPool:

@@ -33,12 +33,19 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:
-        """From an OpenAI ``usage`` object; reasoning tokens count as hidden."""
+        """From an OpenAI ``usage`` object — chat's (``prompt_tokens``, ``completion_tokens``)
+        or the Responses API's (``input_tokens``, ``output_tokens``); reasoning tokens count
+        as hidden."""
         if not usage:
             return cls()
-        prompt = _int(usage.get("prompt_tokens"))
-        completion = _int(usage.get("completion_tokens"))
-        details = usage.get("completion_tokens_details")
+        if "input_tokens" in usage or "output_tokens" in usage:
+            prompt = _int(usage.get("input_tokens"))
+            completion = _int(usage.get("output_tokens"))
+            details = usage.get("output_tokens_details")
+        else:
+            prompt = _int(usage.get("prompt_tokens"))
+            completion = _int(usage.get("completion_tokens"))
+            details = usage.get("completion_tokens_details")
         hidden = _int(details.get("reasoning_tokens")) if isinstance(details, Mapping) else 0
         hidden = min(hidden, completion)
         return cls(prompt=prompt, visible=completion - hidden, hidden=hidden)

@@ -71,6 +71,8 @@ class Pool:
         )
         self.replicas = [Replica(url) for url in config.replica_urls]
         self._turn = 0
+        # Cleared when the backend answers 404 on /v1/responses: translate from then on.
+        self.serves_responses = config.responses_api == "forward"
 
     @property
     def name(self) -> str:

@@ -85,7 +85,8 @@ async def completions(request: Request) -> Response:
     responses=COMPLETION_RESPONSES,
 )
 async def responses(request: Request) -> Response:
-    """The Responses API, served as the chat completion it translates to (``store: false``)."""
+    """The Responses API (``store: false``): single-pass forwarded to the backend's own
+    ``/v1/responses``, every other route served as the chat completion it translates to."""
     return await _completion(request, "chat", responses_dialect=True)
 
 
@@ -106,15 +107,16 @@ async def _completion(
             translation = translate_request(raw)
             raw = orjson.dumps(translation.chat)
         answer = await until_disconnect(
-            request, ctx, complete(services, endpoint, raw, ctx, tenant)
+            request, ctx, complete(services, endpoint, raw, ctx, tenant, translation)
         )
+        translate = translation is not None and answer.dialect == "chat"
         if answer.stream is not None:
             streaming = True
-            if (t := translation) is not None:
+            if translate and (t := translation) is not None:
                 answer = answer.translated(lambda chat: response_stream(chat, t))
             return RelayResponse(answer, ctx, services)
         assert answer.body is not None
-        body = answer.body if translation is None else response_body(answer.body, translation)
+        body = response_body(answer.body, translation) if translate and translation else answer.body
         return Response(body, media_type="application/json", headers=ctx.headers())
     except DeliberateError as e:
         if responses_dialect:

@@ -113,7 +113,17 @@ def gateway_config(
             "timeouts": {"connect_s": 1.0},
         },
     ]
+    config["backends"].append(
+        # The live backend again, with /v1/responses translated to chat instead of forwarded.
+        {
+            "name": "translated",
+            "model": MODEL,
+            "replicas": [backend_url],
+            "responses_api": "translate",
+        }
+    )
     config["routes"] += [
+        {"name": "translated-route", "strategy": "single-pass", "backend": "translated"},
         {"name": "dead-route", "strategy": "single-pass", "backend": "dead"},
         {"name": "mixed-route", "strategy": "single-pass", "backend": "mixed"},
         # A ladder whose second rung cannot finish before its deadline (tests/integration/

@@ -166,3 +166,48 @@ def test_a_dead_backend_is_an_error_not_a_stream(gateway_url: str) -> None:
         r.read()
         assert r.status_code in {502, 503}
         assert r.json()["error"]["code"]
+
+
+def _tokens(gateway_url: str, route: str) -> dict[str, float]:
+    """The gateway's ``deliberate_tokens`` counters of ``route``, by kind."""
+    text = httpx.get(gateway_url + "/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("deliberate_tokens_total{") and f'route="{route}"' in line:
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_single_pass_is_the_engines_own_responses(gateway_url: str, stream: bool) -> None:
+    """single-pass goes to vLLM's /v1/responses and comes back untouched; the gateway still
+    accounts for what it cost."""
+    before = _tokens(gateway_url, "single-pass")
+    body = {"model": "single-pass", "input": "Name a colour.", "max_output_tokens": 12}
+    with httpx.Client(base_url=gateway_url, timeout=120) as http:
+        if stream:
+            r = http.post("/v1/responses", json={**body, "stream": True})
+            events = [ln for ln in r.text.splitlines() if ln.startswith("data: ")]
+            final = httpx.Response(200, content=events[-1][6:]).json()
+            assert final["type"] == "response.completed", final
+            response = final["response"]
+        else:
+            r = http.post("/v1/responses", json=body)
+            response = r.json()
+    assert r.status_code == 200, r.text
+    assert r.headers["x-deliberate-route"] == "single-pass"
+    assert "kv_transfer_params" in response  # a field only the engine's own responses carry
+    usage = response["usage"]
+    assert 0 < usage["output_tokens"] <= 12
+    after = _tokens(gateway_url, "single-pass")
+    assert after["prompt"] - before.get("prompt", 0) == usage["input_tokens"]
+    assert after["visible"] - before.get("visible", 0) == usage["output_tokens"]
+
+
+def test_a_translate_pool_serves_it_as_chat(client: openai.OpenAI) -> None:
+    r = client.responses.create(
+        model="translated-route", input="Name a colour.", max_output_tokens=12
+    )
+    assert r.output_text.strip() and r.usage is not None and r.usage.output_tokens <= 12
+    assert "kv_transfer_params" not in (r.model_extra or {})  # the gateway's own object

@@ -230,6 +230,15 @@ def _annotate(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> by
     return format_event(orjson.dumps(obj))
 
 
+def event_object(data: bytes) -> dict[str, Any] | None:
+    """An event's JSON object (None for other JSON); ``StreamBroken`` if it is not JSON."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise StreamBroken("the backend sent an event that is not JSON") from e
+    return obj if isinstance(obj, dict) else None
+
+
 def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> bool:
     """Update ``ctx`` from one event; return whether to forward it."""
     if ctx.ttft_s is not None and b'"usage"' not in event and b'"error"' not in event:
@@ -238,11 +247,8 @@ def _inspect(event: bytes, ctx: RequestContext, client_wants_usage: bool) -> boo
     data = event_data(event)
     if data is None or data == DONE:
         return True
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise StreamBroken("the backend sent an event that is not JSON") from e
-    if not isinstance(obj, dict):
+    obj = event_object(data)
+    if obj is None:
         return True
     if "error" in obj:
         ctx.outcome = "backend_error"

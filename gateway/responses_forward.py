@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.context import RequestContext
-from gateway.passthrough import StreamBroken
+from gateway.passthrough import event_object
 from gateway.responses import Translation
 from gateway.sse import event_data, format_event
 from strategies.sampling import SAMPLING_FIELDS
@@ -73,11 +73,8 @@ class ResponsesDialect:
             if b'"response.output_text.delta"' in data:
                 ctx.mark_token()  # hot path: only the pacing is left to learn
             return True
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise StreamBroken("the backend sent an event that is not JSON") from e
-        if not isinstance(obj, dict):
+        obj = event_object(data)
+        if obj is None:
             return True
         if isinstance(seq := obj.get("sequence_number"), int):
             self._seq = seq + 1

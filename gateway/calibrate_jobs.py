@@ -5,6 +5,7 @@ request asks for logprobs, and the answer's gate features are recorded with the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ class Job:
         return self.route if self.budget is None else cal.variant_name(self.route, self.budget)
 
 
+def item_seed(item_id: str) -> int:
+    """A fixed sampling seed per eval item (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:4], "big") >> 1
+
+
 async def measure(client: httpx.AsyncClient, job: Job) -> cal.Outcome:
     """Send one item to one route variant as a streaming chat request; check the answer."""
     item, budget = job.item, job.budget
@@ -42,6 +48,8 @@ async def measure(client: httpx.AsyncClient, job: Job) -> cal.Outcome:
         "messages": item.messages,
         "stream": True,
         "stream_options": {"include_usage": True},
+        # Sampled routes draw the same samples for the same item on every run.
+        "seed": item_seed(item.id),
     }
     if job.strategy == "single-pass" and budget is not None:
         body["max_tokens"] = budget

@@ -196,10 +196,12 @@ _WORD_OPS = (
     (re.compile(r"\bplus\b", re.IGNORECASE), "+"),
     (re.compile(r"\bminus\b", re.IGNORECASE), "-"),
 )
+# A sentence that is a short lead phrase of plain words (any wording: "What is", "Compute",
+# "Find the value of", "Question:"; no digits, so a word problem's quantities never pass as
+# one) and then nothing but an expression.
 _PLAIN_QUESTION = re.compile(
-    r"^\s*(?:q(?:uestion)?\s*:\s*)?(?:please\s+)?"
-    r"(?:what\s+is|what's|whats|compute|calculate|evaluate|work\s+out|how\s+much\s+is)?"
-    rf"\s*(?:the\s+value\s+of\s*)?:?\s*(?P<expr>{_CHARS}+?)\s*=?\s*$",
+    r"^\s*(?:[a-z][a-z'’]*\s*:?\s+){0,6}?:?\s*"
+    rf"(?P<expr>{_CHARS}+?)\s*=?\s*$",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[?!\n;]|\.(?!\d)")

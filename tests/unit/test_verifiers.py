@@ -155,6 +155,13 @@ def test_safe_eval_values() -> None:
         ("John has 3 apples and buys 5 more. How many apples?", None),
         ("What is the capital of France?", None),
         ("What is 12?", None),  # no operator: nothing to compute
+        # Any short lead phrase, not a list of known verbs
+        ("Find the value of 55 + 76. Give the final answer as a number at the end.", 131),
+        ("Question: 9 - 4", 5),
+        ("Please tell me 3 * 4.", 12),
+        ("Sam has 3 + 4 apples.", None),  # the expression does not end the sentence
+        ("I have 12 pens and 7 - 2 cups.", None),
+        ("So what do you think about 5 + 5 when you have eight words first?", None),
     ],
 )
 def test_question_value(question: str, value: int | None) -> None:

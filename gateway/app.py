@@ -96,6 +96,10 @@ def create_app(
         )
         online = OnlineTables(cfg.policy.online_update.step if cfg.policy else 0.02)
         sink = build_sink(settings)
+        if sink is None and (exporting := [r.name for r in cfg.routes if r.trace_export]):
+            log.warning(
+                "config: routes %s set trace_export but DELIBERATE_TRACE_SINK is none", exporting
+            )
         traces = (
             None if sink is None else TraceExporter(sink, metrics.traces, settings.trace_queue_size)
         )

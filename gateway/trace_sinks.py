@@ -49,7 +49,7 @@ class RotatingJsonl:
             raise ValueError("max_bytes and backups must be at least 1")
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self._fd: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close() may run on another thread mid-write
 
     def _open(self) -> int:
         if self._fd is None:
@@ -84,9 +84,10 @@ class RotatingJsonl:
                 _write_all(fd, line)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -77,6 +78,30 @@ def ask(url: str, tenant: str, question: str, rid: str) -> dict[str, Any]:
         )
 
 
+def ask_responses(url: str, tenant: str, question: str, rid: str) -> dict[str, Any]:
+    """The same question through ``POST /v1/responses`` (its ``deliberate`` object kept)."""
+    r = httpx.post(
+        url + "/v1/responses",
+        json={
+            "model": "traced-ladder",
+            "input": f"{question} (asked by {EMAIL}, call {PHONE})",
+            "max_output_tokens": 48,
+        },
+        headers={"authorization": f"Bearer {KEYS[tenant]}", "x-request-id": rid},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    text = "".join(
+        part["text"]
+        for item in body["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+    )
+    body["choices"] = [{"message": {"content": text}}]  # what check_record compares
+    return body
+
+
 def wait_for(get: Callable[[], list[dict[str, Any]]], n: int) -> list[dict[str, Any]]:
     """The records, once there are ``n`` (the export runs after the response)."""
     deadline = time.monotonic() + 15
@@ -128,6 +153,8 @@ def test_file_export_only_for_the_opted_in_tenant_redacted(
     for i, question in enumerate(QUESTIONS):
         sent[f"acme-{i}"] = (ask(url, "acme", question, f"acme-{i}"), question)
         sent[f"other-{i}"] = (ask(url, "other", question, f"other-{i}"), question)
+    sent["acme-resp"] = (ask_responses(url, "acme", QUESTIONS[0], "acme-resp"), QUESTIONS[0])
+    sent["other-resp"] = (ask_responses(url, "other", QUESTIONS[0], "other-resp"), QUESTIONS[0])
     wanted = {
         rid for rid, (body, _) in sent.items() if rid.startswith("acme") and expected_export(body)
     }
@@ -139,6 +166,7 @@ def test_file_export_only_for_the_opted_in_tenant_redacted(
     for record in records:
         body, question = sent[record["id"]]
         check_record(record, body, question)
+    assert path.stat().st_mode & 0o777 == 0o600  # prompts: the gateway's user only
     summary = summarise([path])
     assert summary.total.records == len(wanted) and summary.bad_lines == 0
     assert summary.total.verified == len(wanted)

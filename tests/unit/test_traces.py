@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from gateway.trace_record import (
     encode,
     verification_of,
 )
-from gateway.trace_sinks import RotatingJsonl, SinkError
+from gateway.trace_sinks import RedisStreamSink, RotatingJsonl, SinkError
 from gateway.trace_stats import rotated_files, summarise
 from gateway.traces import TraceExporter
 from metrics.traces import TraceMetrics
@@ -448,3 +449,13 @@ async def test_exporter_worker_batches_without_blocking_offer() -> None:
     await asyncio.wait_for(written.wait(), 5)
     await exporter.aclose()
     assert len(sink.lines) == 5
+
+
+async def test_a_redis_sink_without_redis_raises_sink_error() -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = RedisStreamSink.from_url(f"redis://127.0.0.1:{port}/0", "traces", 10)
+    with pytest.raises(SinkError, match="redis stream 'traces'"):
+        await sink.write([encode({"messages": [], "answer": {}})])
+    await sink.aclose()

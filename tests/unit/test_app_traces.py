@@ -56,7 +56,7 @@ def config() -> DeliberateConfig:
 
 
 async def run(
-    settings: Settings, fake: FakeVLLM, requests: list[tuple[str, str]]
+    settings: Settings, fake: FakeVLLM, requests: list[tuple[str, str]], **extra: Any
 ) -> tuple[list[httpx.Response], CollectorRegistry]:
     fake.replica(A).words = ("2 + 2 = 4. Ask bob@example.com",)
     registry = CollectorRegistry()
@@ -76,6 +76,7 @@ async def run(
                     "model": model,
                     "messages": [{"role": "user", "content": "What is 2 + 2? I'm bob@example.com"}],
                     "max_tokens": 16,
+                    **extra,
                 }
                 r = await c.post(
                     "/v1/chat/completions",
@@ -110,6 +111,15 @@ async def test_opted_in_tenant_is_exported_redacted(tmp_path: Path) -> None:
         "deliberate_trace_records_total", {"route": "ladder", "outcome": "exported"}
     )
     assert exported == 1
+
+
+async def test_streamed_answers_are_exported_too(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    settings = Settings(trace_sink="file", trace_file=path)
+    responses, _ = await run(settings, FakeVLLM(), [("acme", "ladder")], stream=True)
+    assert responses[0].status_code == 200 and b"data: [DONE]" in responses[0].content
+    (line,) = path.read_bytes().splitlines()
+    assert orjson.loads(line)["answer"]["text"] == "2 + 2 = 4. Ask [email]"
 
 
 async def test_a_failing_sink_never_fails_the_request(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from gateway.policy_state import build_state, init_metrics
 from gateway.reload import ConfigWatcher, file_stamp
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.traces import TraceExporter, build_sink
 from metrics.backends import BackendCollector, ReplicaView
 from metrics.registry import Metrics
 from routing.config import BackendPool, DeliberateConfig
@@ -94,6 +95,14 @@ def create_app(
             stale_after_s=cfg.admission.stale_after_s,
         )
         online = OnlineTables(cfg.policy.online_update.step if cfg.policy else 0.02)
+        sink = build_sink(settings)
+        if sink is None and (exporting := [r.name for r in cfg.routes if r.trace_export]):
+            log.warning(
+                "config: routes %s set trace_export but DELIBERATE_TRACE_SINK is none", exporting
+            )
+        traces = (
+            None if sink is None else TraceExporter(sink, metrics.traces, settings.trace_queue_size)
+        )
         app.state.services = Services(
             settings=settings,
             state=build_state(cfg, settings.config, online),
@@ -104,7 +113,10 @@ def create_app(
             ),
             scraper=scraper,
             online=online,
+            traces=traces,
         )
+        if traces is not None:
+            traces.start(cfg)
         # First probe before serving, so max_model_len and health are known; never blocks
         # start-up for long, and a down backend just starts marked down.
         await asyncio.gather(*(p.probe_all(settings.ready_timeout_s) for p in pools.values()))
@@ -137,6 +149,8 @@ def create_app(
             await app.state.services.budgets.drain(timeout_s=5.0)
             await asyncio.gather(*(p.client.aclose() for p in pools.values()))
             await store.aclose()
+            if traces is not None:
+                await traces.aclose(timeout_s=5.0)
 
     app = FastAPI(
         title="Deliberate",

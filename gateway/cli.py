@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from budgets.tenants import TenantDirectory
@@ -19,6 +20,7 @@ from routing.loader import ConfigError, ConfigUnreadable, load_config
 from routing.resolve import clashes
 
 if TYPE_CHECKING:
+    from gateway.trace_stats import Summary
     from routing.evalset import EvalItem
 
 app = typer.Typer(
@@ -30,6 +32,8 @@ backend_app = typer.Typer(
 app.add_typer(backend_app, name="backend")
 policy_app = typer.Typer(help="The running gateway's policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+traces_app = typer.Typer(help="Distillation trace files.", no_args_is_help=True)
+app.add_typer(traces_app, name="traces")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Policy file [env DELIBERATE_CONFIG].")
@@ -60,7 +64,14 @@ def _settings(config: Path | None, host: str | None, port: int | None) -> Settin
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            name = f"DELIBERATE_{where.upper()}" if where else "settings"
+            _err().print(f"{name}: {err['msg']}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
 
 
 def _check(path: Path) -> None:
@@ -115,6 +126,82 @@ def policy_export(
     _check(out)
     n = r.headers.get("x-deliberate-online-observations", "0")
     Console().print(f"{out}: OK ({n} live observations written in)")
+
+
+@traces_app.command("stats")
+def traces_stats(
+    files: Annotated[list[Path], typer.Argument(help="Trace JSONL files.")],
+    rotated: Annotated[
+        bool, typer.Option("--rotated/--no-rotated", help="Include FILE.1, FILE.2... too.")
+    ] = True,
+) -> None:
+    """Summarise trace files: records per class, verified shares, tokens by kind."""
+    from gateway.trace_stats import rotated_files, summarise
+
+    paths: list[Path] = []
+    for f in files:
+        if not f.is_file():
+            why = "is a directory" if f.is_dir() else "no such file"
+            _err().print(f"{f}: {why}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        paths += [*(rotated_files(f) if rotated else []), f]
+    try:
+        summary = summarise(dict.fromkeys(paths))
+    except OSError as e:
+        _err().print(f"cannot read {e.filename}: {e.strerror}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
+    _print_trace_stats(summary)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _print_trace_stats(summary: Summary) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from gateway.trace_stats import ClassStats
+
+    console = Console()
+    names = ", ".join(str(p) for p in summary.files)
+    if summary.bad_lines:
+        _err().print(
+            f"skipped {summary.bad_lines} line(s) that are not trace records "
+            f"(first: {summary.first_bad})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not summary.classes:
+        console.print(f"no trace records in {names}", highlight=False, soft_wrap=True)
+        return
+    table = Table(
+        title=f"Traces: {names}",
+        caption="verified: answers at min_score; cands ok: candidates at it; tokens: sums",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("class", no_wrap=True)
+    for col in ("records", "verified", "cands", "cands ok", "prompt", "visible"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    table.add_column("hidden", justify="right", no_wrap=True, min_width=6)
+
+    def row(name: str, s: ClassStats, **kw: Any) -> None:
+        table.add_row(
+            name,
+            str(s.records),
+            _share(s.verified, s.records),
+            str(s.candidates),
+            _share(s.verified_candidates, s.candidates),
+            str(s.prompt),
+            str(s.visible),
+            str(s.hidden),
+            **kw,
+        )
+
+    for name in sorted(summary.classes):
+        row(name, summary.classes[name])
+    row("all", summary.total, style="bold", end_section=True)
+    console.print(table)
 
 
 @app.command("config-schema")

@@ -165,6 +165,7 @@ async def run_route(
         result = replace(result, info={**result.info, "cap": budget.exhausted_by})
     detail = result.info.get("candidates")
     if isinstance(detail, list) and len(detail) > route.candidate_detail:
+        ctx.candidate_detail = detail
         result = replace(result, info={k: v for k, v in result.info.items() if k != "candidates"})
     ctx.usage = result.usage
     ctx.stats = strategy_stats(result)

@@ -60,6 +60,9 @@ class RequestContext:
     prompt_preview: str | None = None  # only with DELIBERATE_LOG_PROMPTS
     client_sampling: dict[str, Any] = field(default_factory=dict)  # before the route's patch
     sampling: SamplingPlan | None = None  # whose sampling the request runs with
+    candidate_detail: list[dict[str, Any]] | None = None
+    """The strategy's per-candidate detail, kept for the trace export when the response
+    leaves it out (more candidates than the route's ``candidate_detail``)."""
     _recorded: bool = False
     _last_token: float | None = None
 

@@ -8,7 +8,7 @@ its stream) is over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -153,10 +153,8 @@ async def complete(
         opts = payload.get("stream_options") or {}
         include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
 
-        def run(
-            note: Callable[[str], None] | None = None,
-        ) -> Awaitable[tuple[Route, StrategyResult]]:
-            return run_ladder(
+        async def run(note: Callable[[str], None] | None = None) -> tuple[Route, StrategyResult]:
+            served, result = await run_ladder(
                 route,
                 state.config,
                 services.pools,
@@ -166,6 +164,11 @@ async def complete(
                 note,
                 state.router.online,
             )
+            if services.traces is not None:  # queued, never awaited: off the response path
+                services.traces.offer(
+                    route, served, result, messages_of(payload), ctx, state.config
+                )
+            return served, result
 
         if streaming and route.stream_progress:
             return Answer(stream=stream_route(pool.model, ctx, include_usage, run))
@@ -344,6 +347,14 @@ async def count_prompt_tokens(
         return None
     count = data.get("count") if isinstance(data, dict) else None
     return count if isinstance(count, int) else None
+
+
+def messages_of(payload: dict[str, Any]) -> list[Any]:
+    """The request's messages (a completions prompt as one user message)."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        return messages
+    return [{"role": "user", "content": str(payload.get("prompt", ""))}]
 
 
 def prompt_preview(payload: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from gateway.backends.scraper import BackendScraper
 from gateway.budgeting import BudgetService
 from gateway.policy_state import PolicyState
 from gateway.settings import Settings
+from gateway.traces import TraceExporter
 from metrics.registry import Metrics
 from routing.config import DeliberateConfig
 from routing.online import OnlineTables
@@ -26,6 +27,8 @@ class Services:
     scraper: BackendScraper | None = None
     online: OnlineTables = field(default_factory=lambda: OnlineTables(0.02))
     """Live quality tables (used when the policy enables online updates); kept across reloads."""
+    traces: TraceExporter | None = None
+    """The distillation trace export; None without a sink (``DELIBERATE_TRACE_SINK``)."""
 
     @property
     def config(self) -> DeliberateConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,3 +54,38 @@ class Settings(BaseSettings):
         pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
         description="HOST:PORT (or [IPv6]:PORT) of a second listener serving only /metrics, without a key (for Prometheus on a private network); unset = none.",
     )
+    trace_sink: Literal["none", "file", "redis"] = Field(
+        "none",
+        description="Where distillation traces of opted-in routes and tenants go: none, a rotating JSONL file, or a Redis stream.",
+    )
+    trace_file: Path = Field(
+        Path("traces/traces.jsonl"), description="The JSONL file of the file sink."
+    )
+    trace_file_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Size at which the trace file is rotated."
+    )
+    trace_file_backups: int = Field(
+        5, ge=1, le=1000, description="Rotated trace files kept (FILE.1 newest ... FILE.K)."
+    )
+    trace_redis_url: str | None = Field(
+        None, description="Redis of the redis sink; unset = DELIBERATE_REDIS_URL."
+    )
+    trace_stream: str = Field(
+        "deliberate:traces", min_length=1, description="Redis stream key of the redis sink."
+    )
+    trace_stream_maxlen: int = Field(
+        100_000, ge=1, description="The stream is trimmed to about this many records (MAXLEN ~)."
+    )
+    trace_queue_size: int = Field(
+        1024,
+        ge=1,
+        description="Records waiting for the sink; beyond it new ones are dropped and counted.",
+    )
+
+    @model_validator(mode="after")
+    def _trace_redis(self) -> Settings:
+        if self.trace_sink == "redis" and not (self.trace_redis_url or self.redis_url):
+            raise ValueError(
+                "DELIBERATE_TRACE_SINK=redis needs DELIBERATE_TRACE_REDIS_URL or DELIBERATE_REDIS_URL"
+            )
+        return self

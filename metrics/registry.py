@@ -13,6 +13,7 @@ from typing import Literal, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from metrics.detail import Detail, DetailMetrics
+from metrics.traces import TraceMetrics
 from strategies.usage import Usage
 
 Outcome = Literal[
@@ -197,6 +198,7 @@ class Metrics:
             registry=registry,
         )
         self.detail = DetailMetrics(registry)
+        self.traces = TraceMetrics(registry)
         # Backend outlier ejection (gateway.backends.outlier): one contiguous block.
         self.backend_ejections = Counter(
             "deliberate_backend_ejections",

@@ -22,6 +22,7 @@ from routing.budget_config import (
 from routing.policy_config import Ladder, Measured, RequestClass, RoutingPolicy, as_ladder
 from routing.prm import PrmConventions
 from routing.references import cross_reference_problems
+from routing.trace_config import TraceExport, TracesConfig
 from strategies.adaptive_consistency import AdaptiveConsistencyParams
 from strategies.best_of_n import BestOfNParams
 from strategies.bounded_reasoning import BoundedReasoningParams
@@ -142,6 +143,11 @@ class _RouteBase(_Strict):
     measured: dict[Name, Measured] = Field(
         default_factory=dict, description="Per request class, written by `deliberate calibrate`."
     )
+    trace_export: TraceExport | None = Field(
+        None,
+        description="Export verified requests of this route as distillation traces "
+        "(see the `traces` section); unset = never.",
+    )
 
 
 class SinglePassRoute(_RouteBase):
@@ -230,6 +236,9 @@ class DeliberateConfig(_Strict):
     )
     policy: RoutingPolicy | None = Field(
         None, description="How model 'auto' is routed; without it, auto = default_route."
+    )
+    traces: TracesConfig = Field(
+        TracesConfig(), description="Consent and redaction of the distillation trace export."
     )
 
     @model_validator(mode="after")

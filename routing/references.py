@@ -55,6 +55,7 @@ def cross_reference_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
             )
     problems += _ladder_problems(cfg, routes)
     problems += _tenant_problems(cfg)
+    problems += _trace_problems(cfg)
     problems += _policy_problems(cfg, routes)
     for i, b in enumerate(cfg.backends):
         if b.default_route is not None and b.default_route not in routes:
@@ -104,6 +105,16 @@ def _tenant_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
             problems.append((f"tenants[{i}].{field}", "another tenant has the same key"))
         seen_keys.add(key)
     return problems
+
+
+def _trace_problems(cfg: DeliberateConfig) -> list[tuple[str, str]]:
+    """Opted-in tenants must exist (``anonymous`` only with open access)."""
+    names = [t.name for t in cfg.tenants] or ["anonymous"]
+    return [
+        (f"traces.tenants[{i}]", f"unknown tenant {name!r}; tenants: {names}")
+        for i, name in enumerate(cfg.traces.tenants)
+        if name not in names
+    ]
 
 
 def _policy_problems(cfg: DeliberateConfig, routes: list[str]) -> list[tuple[str, str]]:

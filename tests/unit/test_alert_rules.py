@@ -71,6 +71,7 @@ EXPECTED_ALERTS = {
     "DeliberateBudgetStoreErrors": "deliberate_budget_store_errors_total",
     "DeliberateConfigReloadFailed": "deliberate_config_reloads_total",
     "DeliberateEscalationsNotPaying": "deliberate_ladder_outcomes_total",
+    "DeliberateTraceExportFailing": "deliberate_trace_export_failures_total",
 }
 
 _DURATION = re.compile(r"^(?:\d+[smhdwy])+$")

@@ -60,6 +60,8 @@ GATEWAY_COUNTERS = {
     "deliberate_backend_prefix_cache_hits_total",
     "deliberate_backend_prefix_cache_queries_total",
     "deliberate_backend_preemptions_total",
+    "deliberate_trace_records_total",
+    "deliberate_trace_export_failures_total",
 }
 GATEWAY_GAUGES = {
     "deliberate_build_info",
@@ -87,7 +89,7 @@ GATEWAY_HISTOGRAMS = {
 }
 # The scraper's ratio over its own last scrape interval, absent while a replica is idle: the
 # backends dashboard computes the same ratio from the hit / query counters over 5 minutes.
-NOT_ON_DASHBOARDS = {"deliberate_backend_prefix_cache_hit_ratio"}
+NOT_ON_DASHBOARDS = {"deliberate_backend_prefix_cache_hit_ratio", "deliberate_trace_records_total"}
 # Prometheus' own per-target series.
 PROMETHEUS_SERIES = {"up"}
 

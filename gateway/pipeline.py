@@ -180,6 +180,7 @@ async def complete(
     # single-pass: a faithful pass-through to one replica, bytes relayed as they come.
     payload["model"] = pool.model
     deadline = Deadline.after(route.budget.deadline_s)
+    key = pool.affinity_key(payload)
     if responses is not None and pool.serves_responses:
         try:
             return await _pass_through(
@@ -192,6 +193,7 @@ async def complete(
                 streaming,
                 client_wants_usage=True,
                 dialect=ResponsesDialect(),
+                key=key,
             )
         except BackendError as e:
             if e.status != 404:
@@ -207,6 +209,7 @@ async def complete(
         deadline,
         streaming,
         client_wants_usage=client_wants_usage,
+        key=key,
     )
 
 
@@ -221,6 +224,7 @@ async def _pass_through(
     *,
     client_wants_usage: bool,
     dialect: ResponsesDialect | None = None,
+    key: str | None = None,
 ) -> Answer:
     """One call to one replica, its answer relayed as it comes (in the dialect it speaks)."""
     spoken: Literal["chat", "responses"] = "chat" if dialect is None else "responses"
@@ -233,6 +237,7 @@ async def _pass_through(
                 ctx.request_id,
                 deadline=deadline,
                 deadline_counts=True,  # the call is the request: too slow for it is a failure
+                key=key,
             )
             if not streaming:
                 return Answer(body=await read_json_body(upstream, ctx), dialect=spoken)

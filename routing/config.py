@@ -48,6 +48,26 @@ class Timeouts(_Strict):
     pool_s: float = Field(5.0, gt=0, description="Max wait for a free pooled connection.")
 
 
+class Balancing(_Strict):
+    """How a request's first backend call picks a replica (its later calls stay there)."""
+
+    policy: Literal["least-loaded", "round-robin", "prefix-affinity"] = Field(
+        "least-loaded",
+        description="least-loaded: fewest in-flight requests; round-robin: in turn; "
+        "prefix-affinity: bounded-load consistent hashing on the prompt's prefix, so requests "
+        "sharing a system prompt or conversation reuse one replica's prefix cache.",
+    )
+    prefix_chars: int = Field(
+        512, ge=16, description="prefix-affinity: leading characters of the conversation hashed."
+    )
+    load_factor: float = Field(
+        1.25,
+        ge=1.0,
+        description="prefix-affinity: a replica takes a request while its in-flight count stays "
+        "within this multiple of the pool's mean; else the next on the ring, else least-loaded.",
+    )
+
+
 class OutlierDetection(_Strict):
     """Outlier ejection (like Envoy's): replicas that keep failing calls get no traffic."""
 
@@ -82,6 +102,7 @@ class BackendPool(_Strict):
     max_connections: int = Field(512, ge=1, description="Pooled connections per pool.")
     health_interval_s: float = Field(5.0, gt=0, description="Period of the /health probe.")
     outlier: OutlierDetection = OutlierDetection()
+    balance: Balancing = Balancing()
     prm: PrmConventions | None = Field(
         None, description="Set when this pool serves a process reward model over /pooling."
     )

@@ -37,6 +37,9 @@ class VLLMGenerator:
     async def generate(self, request: GenRequest) -> GenResult:
         body = chat_body(self.pool.model, request)
         rid = f"{self.request_id}-{next(self._seq)}"
+        # The first call picks the replica (by prefix affinity where the pool uses it); every
+        # later call of the request prefers that one.
+        key = self.pool.affinity_key(body) if self.replica is None else None
         upstream = await open_upstream(
             self.pool,
             "/v1/chat/completions",
@@ -44,6 +47,7 @@ class VLLMGenerator:
             rid,
             prefer=self.replica,
             deadline=self.deadline,
+            key=key,
         )
         self.replica = upstream.replica
         self.calls += 1

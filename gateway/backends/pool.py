@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from gateway.backends.affinity import HashRing, pick, prefix_key
 from gateway.backends.outlier import OutlierPolicy, OutlierState
 from routing.config import BackendPool
 
@@ -71,6 +73,7 @@ class Pool:
         )
         self.replicas = [Replica(url) for url in config.replica_urls]
         self._turn = 0
+        self.ring = HashRing(config.replica_urls)
         # Cleared when the backend answers 404 on /v1/responses: translate from then on.
         self.serves_responses = config.responses_api == "forward"
 
@@ -88,12 +91,15 @@ class Pool:
         known = [r.max_model_len for r in self.replicas if r.max_model_len is not None]
         return min(known) if known else None
 
-    def ordered(self) -> list[Replica]:
-        """Replicas in the order to try them: healthy by fewest in-flight requests, then the rest.
+    def ordered(self, key: str | None = None) -> list[Replica]:
+        """Replicas in the order to try them: healthy first, by the pool's ``balance`` policy.
 
-        Ties rotate so equal replicas share the load; unhealthy replicas come last rather
-        than never, since a probe may simply not have noticed a recovery yet. Ejected
-        replicas are left out, unless all are: then all, the one back soonest first.
+        least-loaded: by fewest in-flight requests, ties rotating so equal replicas share the
+        load; round-robin: in turn. prefix-affinity (with ``key``, the request's prefix): the
+        first healthy replica on the hash ring within the load bound, then the rest
+        least-loaded. Unhealthy replicas come last rather than never, since a probe may
+        simply not have noticed a recovery yet. Ejected replicas are left out, unless all
+        are: then all, the one back soonest first.
         """
         n = len(self.replicas)
         self._turn = (self._turn + 1) % n
@@ -102,7 +108,28 @@ class Pool:
         live = [r for r in rotated if not self.outliers.is_ejected(r.outlier, now)]
         if not live:
             return sorted(rotated, key=lambda r: (r.outlier.ejected_until or 0.0, r.in_flight))
-        return sorted(live, key=lambda r: (not r.healthy, r.in_flight))
+        policy = self.config.balance.policy
+        if policy == "round-robin":
+            return sorted(live, key=lambda r: not r.healthy)
+        by_load = sorted(live, key=lambda r: (not r.healthy, r.in_flight))
+        if policy != "prefix-affinity" or key is None or n == 1:
+            return by_load
+        index = {id(r): i for i, r in enumerate(self.replicas)}
+        usable = {index[id(r)] for r in live if r.healthy}
+        order = [i for i in self.ring.walk(key) if i in usable]
+        loads = {i: self.replicas[i].in_flight for i in order}
+        chosen = pick(order, loads, self.config.balance.load_factor)
+        if chosen is None:
+            return by_load
+        first = self.replicas[chosen]
+        return [first, *(r for r in by_load if r is not first)]
+
+    def affinity_key(self, payload: Mapping[str, Any]) -> str | None:
+        """The request's prefix key when this pool balances by prefix affinity."""
+        b = self.config.balance
+        if b.policy != "prefix-affinity" or len(self.replicas) == 1:
+            return None
+        return prefix_key(payload, b.prefix_chars)
 
     def is_ejected(self, replica: Replica) -> bool:
         return self.outliers.is_ejected(replica.outlier, self.clock())

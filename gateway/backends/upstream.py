@@ -75,9 +75,10 @@ def _expired(deadline: Deadline | None) -> bool:
     return deadline is not None and deadline.expired
 
 
-def candidates(pool: Pool, prefer: Replica | None) -> list[Replica]:
-    """The pool's replicas in the order to try them, ``prefer`` first unless it is ejected."""
-    order = pool.ordered()
+def candidates(pool: Pool, prefer: Replica | None, key: str | None = None) -> list[Replica]:
+    """The pool's replicas in the order to try them (``key``: the request's prefix, for
+    prefix affinity), ``prefer`` first unless it is ejected."""
+    order = pool.ordered(None if prefer is not None else key)
     if prefer is None or prefer not in order:
         return order
     return [prefer, *(r for r in order if r is not prefer)]
@@ -91,6 +92,7 @@ async def open_upstream(
     prefer: Replica | None = None,
     deadline: Deadline | None = None,
     deadline_counts: bool = False,
+    key: str | None = None,
 ) -> Upstream:
     """POST ``body`` (JSON) to ``path`` on the best replica of ``pool`` (``prefer`` first).
 
@@ -104,7 +106,7 @@ async def open_upstream(
     headers = {"content-type": "application/json", "x-request-id": request_id}
     failures: list[str] = []
     last: DeliberateError | None = None
-    for rep in candidates(pool, prefer):
+    for rep in candidates(pool, prefer, key):
         if failures and _expired(deadline):
             break  # no time for a retry (the first try is the caller's to time out)
         rep.in_flight += 1

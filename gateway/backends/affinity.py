@@ -65,11 +65,12 @@ def pick(order: Sequence[int], loads: Mapping[int, int], load_factor: float) -> 
 
 
 def prefix_key(payload: Mapping[str, Any], chars: int) -> str | None:
-    """The first ``chars`` characters of a request's conversation (chat ``messages`` or a
-    completions ``prompt``): what a shared system prompt or an ongoing conversation shares."""
+    """The first ``chars`` characters of what a request shares with others: a chat's messages
+    before its last one (the system prompt, the earlier turns; the whole conversation when it
+    is one message), or a completions ``prompt``."""
     messages = payload.get("messages")
     if isinstance(messages, list):
-        return messages_key(messages, chars)
+        return messages_key(messages[:-1] if len(messages) > 1 else messages, chars)
     prompt = payload.get("prompt")
     if isinstance(prompt, str):
         return prompt[:chars] or None

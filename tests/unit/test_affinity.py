@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections import Counter
 
 import httpx
+import pytest
 
 from gateway.backends.affinity import HashRing, bound, messages_key, pick, prefix_key
 from gateway.backends.pool import Pool
-from routing.config import BackendPool, Balancing
+from routing.config import BackendPool, Balancing, DeliberateConfig
+from tests.fakes import FakeVLLM
+from tests.unit.conftest import Factory
+
+pytestmark = pytest.mark.anyio
 
 URLS = [f"http://r{i}:8000" for i in range(4)]
 
@@ -46,7 +51,9 @@ def test_keys_are_the_conversations_first_characters() -> None:
     a = {"messages": [system, {"role": "user", "content": "What is 2+2?"}]}
     b = {"messages": [system, {"role": "user", "content": "Spell cat."}]}
     assert prefix_key(a, 256) == prefix_key(b, 256)  # the shared system prompt decides
-    assert prefix_key(a, 5000) != prefix_key(b, 5000)
+    assert prefix_key(a, 5000) == prefix_key(b, 5000)  # the last message never counts
+    lone = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
+    assert prefix_key(lone, 256) == messages_key(lone["messages"], 256)
     assert prefix_key({"prompt": "abc"}, 2) == "ab"
     assert prefix_key({}, 10) is None
     parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
@@ -87,3 +94,76 @@ def test_round_robin_takes_turns_whatever_the_load() -> None:
     pool.replicas[0].in_flight = 50
     firsts = Counter(pool.ordered("k")[0].url for _ in range(40))
     assert set(firsts.values()) == {10}
+
+
+# -- through the app: which replica each backend call of a request reached -----------------
+
+
+def affinity_config() -> DeliberateConfig:
+    return DeliberateConfig.model_validate(
+        {
+            "default_route": "single-pass",
+            "backends": [
+                {
+                    "name": "default",
+                    "model": "fake-model",
+                    "replicas": URLS,
+                    "health_interval_s": 3600,
+                    "balance": {"policy": "prefix-affinity", "prefix_chars": 64},
+                }
+            ],
+            "routes": [
+                {"name": "single-pass", "strategy": "single-pass", "backend": "default"},
+                {
+                    "name": "ladder",
+                    "strategy": "single-pass",
+                    "backend": "default",
+                    "escalate_to": [
+                        {"samples": 2, "verifier": "arithmetic", "threshold": 0.9},
+                        {"samples": 4, "verifier": "arithmetic", "threshold": 0.9},
+                    ],
+                },
+            ],
+        }
+    )
+
+
+def _hosts(fake: FakeVLLM) -> list[str]:
+    return [
+        f"{req.url.scheme}://{req.url.netloc.decode()}"
+        for path, req, _ in fake.received
+        if path == "/v1/chat/completions"
+    ]
+
+
+async def test_requests_sharing_a_system_prompt_share_a_replica(
+    gateway: Factory, fake: FakeVLLM
+) -> None:
+    client, _ = await gateway(affinity_config())
+    system = {"role": "system", "content": "You are the billing assistant of Example Corp."}
+    for question in ("Why was I charged twice?", "Where is my invoice?", "Cancel my plan."):
+        body = {"model": "single-pass", "messages": [system, {"role": "user", "content": question}]}
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+    assert len(set(_hosts(fake))) == 1
+
+
+async def test_every_rung_of_a_ladder_stays_on_its_replica(
+    gateway: Factory, fake: FakeVLLM
+) -> None:
+    for url in URLS:  # wrong sums: the check rejects every answer, so the ladder climbs
+        fake.replica(url).words = ("2 + 2 = 5",)
+    client, _ = await gateway(affinity_config())
+    seen: set[str] = set()
+    for i in range(6):
+        before = len(_hosts(fake))
+        body = {
+            "model": "ladder",
+            "messages": [{"role": "user", "content": f"Conversation {i}: what is 2 + 2?"}],
+        }
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        calls = _hosts(fake)[before:]
+        assert len(calls) == 3 and len(set(calls)) == 1, calls  # first + 2 rungs, one replica
+        seen |= set(calls)
+    assert len(seen) > 1  # different conversations spread over the pool

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgets.ledger import Reservation
+from gateway.backends.scheduling import SchedulingHints
 from metrics.detail import Detail, StrategyStats
 from metrics.registry import Outcome, RequestRecord
 from routing.decision import Decision
@@ -59,6 +60,7 @@ class RequestContext:
     prompt_preview: str | None = None  # only with DELIBERATE_LOG_PROMPTS
     client_sampling: dict[str, Any] = field(default_factory=dict)  # before the route's patch
     sampling: SamplingPlan | None = None  # whose sampling the request runs with
+    scheduling: SchedulingHints | None = None  # for the engine's scheduler, on every call
     _recorded: bool = False
     _last_token: float | None = None
 

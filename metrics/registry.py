@@ -99,7 +99,8 @@ class Metrics:
         )
         self.downgrades = Counter(
             "deliberate_admission_downgrades",
-            "Requests admission stepped down the ladder, by requested and serving route and cause.",
+            "Requests stepped down the ladder, by requested and serving route and cause (slo, "
+            "kv: admission; engine: the pool's scheduler rejected every replica).",
             ["requested_route", "route", "cause"],
             registry=registry,
         )

@@ -97,9 +97,7 @@ def make_app(upstream: str) -> Starlette:
                 status_code=rule.status,
                 headers={rule.header: rule.reason},
             )
-        sent = client.build_request(
-            request.method, request.url.path, content=body, headers=headers
-        )
+        sent = client.build_request(request.method, request.url.path, content=body, headers=headers)
         answer = await client.send(sent, stream=True)
 
         async def relay() -> AsyncIterator[bytes]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -236,7 +235,9 @@ def test_rejected_everywhere_steps_down_and_the_client_still_gets_an_answer(
 
 
 def test_a_multi_call_route_steps_down_too(gateway: str, picker: httpx.Client) -> None:
-    drop(picker, count=2, reason="rejected-queue-full", when={LLMD + "inference-objective": "batch"})
+    drop(
+        picker, count=2, reason="rejected-queue-full", when={LLMD + "inference-objective": "batch"}
+    )
     r = post(gateway, chat("vote", "What is 2 + 3?"))
     assert r.status_code == 200, r.text
     assert r.headers["x-deliberate-route"] == "economy"

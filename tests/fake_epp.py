@@ -9,7 +9,8 @@ asked (no work done); an ``evicted-*`` one after vLLM answered (work done, then 
 Control (JSON):
 
 - ``POST /_epp/drop`` ``{"count": K, "status": 503, "reason": "rejected-queue-full",
-  "header": "x-llm-d-request-dropped-reason", "when": {"<header>": "<value>"}}``: add a rule;
+  "header": "x-llm-d-request-dropped-reason", "when": {"<header>": "<value>"},
+  "retry_after": 2}``: add a rule;
   it drops the next K matching requests (``when``: only requests carrying those headers).
 - ``GET /_epp/received``: what arrived, in order: ``[{"path", "headers", "body", "dropped"}]``.
 - ``POST /_epp/reset``: forget the rules and the records.
@@ -41,6 +42,7 @@ class Rule:
     reason: str
     header: str = DEFAULT_HEADER
     when: dict[str, str] = field(default_factory=dict)
+    retry_after: int | None = None
 
     def matches(self, headers: dict[str, str]) -> bool:
         return self.count > 0 and all(headers.get(k) == v for k, v in self.when.items())
@@ -60,6 +62,7 @@ def make_app(upstream: str) -> Starlette:
                 str(spec["reason"]),
                 str(spec.get("header", DEFAULT_HEADER)),
                 dict(spec.get("when", {})),
+                spec.get("retry_after"),
             )
         )
         return JSONResponse({"rules": len(rules)})
@@ -95,7 +98,10 @@ def make_app(upstream: str) -> Starlette:
             return JSONResponse(
                 {"error": {"message": f"dropped: {rule.reason}", "type": "overloaded"}},
                 status_code=rule.status,
-                headers={rule.header: rule.reason},
+                headers={
+                    rule.header: rule.reason,
+                    **({"retry-after": str(rule.retry_after)} if rule.retry_after else {}),
+                },
             )
         sent = client.build_request(request.method, request.url.path, content=body, headers=headers)
         answer = await client.send(sent, stream=True)

@@ -177,7 +177,13 @@ async def open_upstream(
             if drop.kind == "evicted":
                 raise EngineEvicted(pool.name, drop.reason, message + " after work was done")
             failures.append(f"{rep.url}: {drop.reason}")
-            rejected = EngineRejected(pool.name, drop.reason, message + " before any work")
+            retry = response.headers.get("retry-after", "")
+            rejected = EngineRejected(
+                pool.name,
+                drop.reason,
+                message + " before any work",
+                headers={"retry-after": retry} if retry.isdigit() else None,
+            )
             continue
         if status in _RETRY_STATUSES:
             failures.append(f"{rep.url}: HTTP {status}")

@@ -234,6 +234,28 @@ def test_rejected_everywhere_steps_down_and_the_client_still_gets_an_answer(
     assert metric(gateway, "deliberate_admission_downgrades_total", down) >= 1
 
 
+def test_a_streamed_request_steps_down_before_its_first_byte(
+    gateway: str, picker: httpx.Client
+) -> None:
+    drop(
+        picker, count=2, reason="rejected-sheddable", when={LLMD + "inference-objective": "premium"}
+    )
+    body = chat("premium", max_tokens=6, stream=True)
+    with httpx.stream(
+        "POST",
+        gateway + "/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {ALICE}"},
+        timeout=300,
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["x-deliberate-route"] == "economy"
+        text = r.read().decode()
+    chunks = [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.rstrip().endswith("data: [DONE]")
+
+
 def test_a_multi_call_route_steps_down_too(gateway: str, picker: httpx.Client) -> None:
     drop(
         picker, count=2, reason="rejected-queue-full", when={LLMD + "inference-objective": "batch"}
@@ -247,9 +269,10 @@ def test_a_multi_call_route_steps_down_too(gateway: str, picker: httpx.Client) -
 def test_rejected_with_nowhere_to_go_reaches_the_client_as_an_openai_error(
     gateway: str, picker: httpx.Client
 ) -> None:
-    drop(picker, count=1, reason="rejected-queue-full", header="x-why")  # the custom name
-    r = post(gateway, chat("custom", max_tokens=5))
+    drop(picker, count=1, reason="rejected-queue-full", header="x-why", retry_after=7)
+    r = post(gateway, chat("custom", max_tokens=5))  # x-why: the pool's configured name
     assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "7"  # the scheduler's own hint
     err = r.json()["error"]
     assert err["code"] == "engine_rejected" and err["type"] == "service_unavailable"
     assert "rejected-queue-full" in err["message"] and "epp-custom" in err["message"]

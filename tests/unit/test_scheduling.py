@@ -106,7 +106,7 @@ class Script:
         base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
         self.seen.append((base, request.headers))
         status, reason = self.answers[base].pop(0)
-        headers = {"x-why": reason} if reason else {}
+        headers = {"x-why": reason, "retry-after": "3"} if reason else {}
         return httpx.Response(status, headers=headers, json={"ok": status < 400})
 
 
@@ -160,6 +160,7 @@ async def test_rejected_everywhere_raises_engine_rejected_with_the_reason() -> N
     assert (e.status, e.reason, e.pool) == (503, "rejected-sheddable", "llmd")
     assert e.body()["error"]["code"] == "engine_rejected"
     assert "rejected-sheddable" in e.body()["error"]["message"]
+    assert e.headers == {"retry-after": "3"}  # the scheduler's own hint is passed on
     assert len(drops) == 2
 
 

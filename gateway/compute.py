@@ -17,7 +17,7 @@ from gateway.backends.pool import Pool
 from gateway.backends.prm import PrmVerifier
 from gateway.backends.scheduling import SchedulingHints
 from gateway.context import RequestContext
-from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
+from gateway.errors import BackendTimeout, DeliberateError, EngineDropped, InvalidRequest
 from gateway.sse import DONE_EVENT, format_event
 from metrics.detail import StrategyStats
 from routing.config import Route
@@ -161,6 +161,10 @@ async def run_route(
             f"route {route.name!r} reached its deadline of "
             f"{route.budget.deadline_s}s before any answer existed"
         ) from e
+    except EngineDropped:
+        # The calls that succeeded before the drop did real work: charged with the request.
+        ctx.dropped_usage = ctx.dropped_usage + budget.spent
+        raise
     except BudgetExhausted as e:
         raise DeliberateError(
             f"route {route.name!r} ran out of its {e} cap before any answer existed: the "

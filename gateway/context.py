@@ -41,6 +41,9 @@ class RequestContext:
     outcome: Outcome = "ok"
     ttft_s: float | None = None
     usage: Usage = Usage()
+    dropped_usage: Usage = Usage()
+    """Spent on attempts the engine's scheduler dropped (earlier calls of a multi-call route,
+    an evicted call's prompt): charged and counted in metrics, not in the answer's usage."""
     stream_done: bool = False  # the backend's stream was relayed to its end
     tenant: str | None = None
     running_as: str | None = None  # counted in this tenant's concurrency until settled
@@ -96,6 +99,11 @@ class RequestContext:
             return {}
         return {"class": self.decision.request_class, "decision": self.decision.header_reason()}
 
+    @property
+    def spent(self) -> Usage:
+        """Everything the request spent: the answer's usage and that of dropped attempts."""
+        return self.usage + self.dropped_usage
+
     def mark_first_token(self) -> None:
         if self.ttft_s is None:
             self._last_token = time.perf_counter()
@@ -119,6 +127,6 @@ class RequestContext:
             outcome=self.outcome,
             duration_s=time.perf_counter() - self.started,
             ttft_s=self.ttft_s,
-            usage=self.usage,
+            usage=self.spent,
             detail=Detail(self.hidden_sources, self.token_gaps_s, self.stats, self.kv_bytes),
         )

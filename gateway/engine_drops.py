@@ -71,4 +71,4 @@ def note_step_down(
 def charge_evicted(ctx: RequestContext, prompt_tokens: int) -> None:
     """Count the evicted call's prompt as spent: the engine prefilled it (what it generated
     before the eviction is not reported, so it cannot be charged)."""
-    ctx.usage = ctx.usage + Usage(prompt=prompt_tokens)
+    ctx.dropped_usage = ctx.dropped_usage + Usage(prompt=prompt_tokens)

@@ -10,9 +10,11 @@ Control (JSON):
 
 - ``POST /_epp/drop`` ``{"count": K, "status": 503, "reason": "rejected-queue-full",
   "header": "x-llm-d-request-dropped-reason", "when": {"<header>": "<value>"},
-  "retry_after": 2}``: add a rule;
+  "retry_after": 2, "after": 0}``: add a rule (``after``: let that many matching requests
+  through first);
   it drops the next K matching requests (``when``: only requests carrying those headers).
-- ``GET /_epp/received``: what arrived, in order: ``[{"path", "headers", "body", "dropped"}]``.
+- ``GET /_epp/received``: the completion requests that arrived, in order: ``[{"path",
+  "headers", "body", "dropped", "usage"}]`` (``usage``: of a whole JSON answer relayed).
 - ``POST /_epp/reset``: forget the rules and the records.
 
 Run: ``python -m tests.fake_epp --port P --upstream http://127.0.0.1:8000``.
@@ -21,6 +23,7 @@ Run: ``python -m tests.fake_epp --port P --upstream http://127.0.0.1:8000``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,9 +46,18 @@ class Rule:
     header: str = DEFAULT_HEADER
     when: dict[str, str] = field(default_factory=dict)
     retry_after: int | None = None
+    after: int = 0
+    """Matching requests to let through before the first drop."""
 
-    def matches(self, headers: dict[str, str]) -> bool:
-        return self.count > 0 and all(headers.get(k) == v for k, v in self.when.items())
+    def applies(self, headers: dict[str, str]) -> bool:
+        """Whether this rule drops a request with ``headers`` (counting it when it matches)."""
+        if self.count <= 0 or any(headers.get(k) != v for k, v in self.when.items()):
+            return False
+        if self.after > 0:
+            self.after -= 1
+            return False
+        self.count -= 1
+        return True
 
 
 def make_app(upstream: str) -> Starlette:
@@ -63,6 +75,7 @@ def make_app(upstream: str) -> Starlette:
                 str(spec.get("header", DEFAULT_HEADER)),
                 dict(spec.get("when", {})),
                 spec.get("retry_after"),
+                int(spec.get("after", 0)),
             )
         )
         return JSONResponse({"rules": len(rules)})
@@ -85,11 +98,11 @@ def make_app(upstream: str) -> Starlette:
             "dropped": None,
         }
         rule = None
-        if request.method == "POST" and request.url.path.startswith("/v1/"):
-            rule = next((r for r in rules if r.matches(headers)), None)
+        completion = request.method == "POST" and request.url.path.startswith("/v1/")
+        if completion:
+            rule = next((r for r in rules if r.applies(headers)), None)
             received.append(record)
         if rule is not None:
-            rule.count -= 1
             record["dropped"] = rule.reason
             if rule.reason.startswith("evicted"):
                 # The engine did the work; the scheduler throws the answer away.
@@ -103,6 +116,14 @@ def make_app(upstream: str) -> Starlette:
                     **({"retry-after": str(rule.retry_after)} if rule.retry_after else {}),
                 },
             )
+        if completion and b'"stream":true' not in body.replace(b" ", b""):
+            # A whole JSON answer: relayed as one body, its usage recorded for the tests.
+            whole = await client.post(request.url.path, content=body, headers=headers)
+            with contextlib.suppress(ValueError, AttributeError):
+                record["usage"] = whole.json().get("usage")
+            kept = {k: v for k, v in whole.headers.items() if k.lower() not in _HOP}
+            kept.pop("content-encoding", None)
+            return Response(whole.content, status_code=whole.status_code, headers=kept)
         sent = client.build_request(request.method, request.url.path, content=body, headers=headers)
         answer = await client.send(sent, stream=True)
 

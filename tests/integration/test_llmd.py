@@ -92,6 +92,12 @@ def gateway(epp: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                 "params": {"n": 2, "max_tokens": 8},
                 "downgrade_to": "economy",
             },
+            {
+                "name": "refine",
+                "strategy": "refine",
+                "backend": "epp",
+                "params": {"rounds": 1, "max_tokens": 8, "critique_max_tokens": 8},
+            },
             route("custom", "epp-custom", objective="custom", slo=slo),
             route("plain-route", "plain", objective="ignored", slo=slo),
         ],
@@ -303,3 +309,27 @@ def test_evicted_is_charged_reported_and_not_retried(
     # the prompt the engine prefilled, counted exactly by the backend, is charged
     assert metric(gateway, settled, {}) - before[0] == exact
     assert metric(gateway, "deliberate_engine_drops_total", labels) == before[1] + 1
+
+
+def test_evicted_mid_strategy_charges_the_calls_before_it_too(
+    backend_url: str, gateway: str, picker: httpx.Client
+) -> None:
+    body = chat("refine", "Describe the sea in one line.")
+    exact = httpx.post(
+        backend_url + "/tokenize", json={"model": MODEL, "messages": body["messages"]}
+    ).json()["count"]
+    settled = "deliberate_budget_settled_tokens_total"
+    before = metric(gateway, settled, {})
+    drop(picker, count=1, reason="evicted-kv-pressure", after=1)  # the draft passes
+    r = post(gateway, body)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "engine_evicted"
+    draft, critique = received(picker)
+    assert draft["dropped"] is None and critique["dropped"] == "evicted-kv-pressure"
+    usage = draft["usage"]
+    deadline = time.monotonic() + 10
+    while metric(gateway, settled, {}) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # the draft's real usage, plus the prompt the engine prefilled before evicting
+    spent = usage["prompt_tokens"] + usage["completion_tokens"] + exact
+    assert metric(gateway, settled, {}) - before == spent

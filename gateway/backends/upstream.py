@@ -87,6 +87,26 @@ def dropped(pool: Pool, response: httpx.Response) -> Drop | None:
     return classify_drop(pool.config.scheduler, response.status_code, value)
 
 
+def drop_error(pool: Pool, drop: Drop, response: httpx.Response) -> EngineRejected:
+    """Count ``drop`` on the pool; raise ``EngineEvicted`` for an eviction, else return the
+    ``EngineRejected`` to raise if no other replica answers (with the scheduler's
+    ``Retry-After``, when it gave whole seconds)."""
+    pool.record_drop(drop)
+    message = (
+        f"backend pool {pool.name!r}: its scheduler dropped the request "
+        f"(HTTP {response.status_code}, {drop.reason})"
+    )
+    if drop.kind == "evicted":
+        raise EngineEvicted(pool.name, drop.reason, message + " after work was done")
+    retry = response.headers.get("retry-after", "")
+    return EngineRejected(
+        pool.name,
+        drop.reason,
+        message + " before any work",
+        headers={"retry-after": retry} if retry.isdigit() else None,
+    )
+
+
 def _expired(deadline: Deadline | None) -> bool:
     return deadline is not None and deadline.expired
 
@@ -169,21 +189,8 @@ async def open_upstream(
         finally:
             await upstream.aclose()
         if drop is not None:
-            pool.record_drop(drop)
-            message = (
-                f"backend pool {pool.name!r}: its scheduler dropped the request "
-                f"(HTTP {status}, {drop.reason})"
-            )
-            if drop.kind == "evicted":
-                raise EngineEvicted(pool.name, drop.reason, message + " after work was done")
+            rejected = drop_error(pool, drop, response)  # raises at once for evicted-*
             failures.append(f"{rep.url}: {drop.reason}")
-            retry = response.headers.get("retry-after", "")
-            rejected = EngineRejected(
-                pool.name,
-                drop.reason,
-                message + " before any work",
-                headers={"retry-after": retry} if retry.isdigit() else None,
-            )
             continue
         if status in _RETRY_STATUSES:
             failures.append(f"{rep.url}: HTTP {status}")

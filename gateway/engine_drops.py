@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.backends.scheduling import SchedulingHints
 from gateway.context import RequestContext
 from gateway.decide import Endpoint, unfit_reason
 from gateway.errors import EngineRejected
@@ -23,17 +22,6 @@ from gateway.policy_state import PolicyState
 from gateway.services import Services
 from routing.config import Route
 from strategies.usage import Usage
-
-
-def hints_for(route: Route, tenant: str, output_tokens: int | None) -> SchedulingHints:
-    """The scheduler hints of a request served on ``route`` for ``tenant``."""
-    return SchedulingHints(
-        fairness_id=tenant,
-        objective=route.objective,
-        ttft_slo_ms=route.slo.ttft_ms,
-        tpot_slo_ms=route.slo.tpot_ms,
-        predicted_output_tokens=output_tokens,
-    )
 
 
 def lower_route(

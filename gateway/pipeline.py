@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from budgets.estimates import kv_tokens, worst_case_tokens
 from budgets.limits import check_shape
 from budgets.tenants import Tenant
+from gateway.backends.scheduling import hints_for
 from gateway.backends.upstream import Upstream, open_upstream
 from gateway.compute import render_json, render_sse, stream_route
 from gateway.context import RequestContext
@@ -30,7 +31,7 @@ from gateway.decide import (
     request_shape,
     sampling_plan,
 )
-from gateway.engine_drops import charge_evicted, hints_for, lower_route, note_step_down
+from gateway.engine_drops import charge_evicted, lower_route, note_step_down
 from gateway.errors import (
     BackendTimeout,
     DeliberateError,

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from routing.config import Route
 from routing.scheduler_config import SchedulerHeaders
 
 DropKind = Literal["rejected", "evicted"]
@@ -43,6 +44,17 @@ class Drop:
 
     kind: DropKind
     reason: str
+
+
+def hints_for(route: Route, tenant: str, output_tokens: int | None) -> SchedulingHints:
+    """The scheduler hints of a request served on ``route`` for ``tenant``."""
+    return SchedulingHints(
+        fairness_id=tenant,
+        objective=route.objective,
+        ttft_slo_ms=route.slo.ttft_ms,
+        tpot_slo_ms=route.slo.tpot_ms,
+        predicted_output_tokens=output_tokens,
+    )
 
 
 def hint_headers(config: SchedulerHeaders, hints: SchedulingHints | None) -> dict[str, str]:

@@ -8,12 +8,20 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.backends.pool import Pool
-from gateway.backends.scheduling import Drop, SchedulingHints, classify_drop, hint_headers
+from gateway.backends.scheduling import (
+    Drop,
+    SchedulingHints,
+    classify_drop,
+    hint_headers,
+    hints_for,
+)
 from gateway.backends.upstream import open_upstream
-from gateway.engine_drops import hints_for
 from gateway.errors import EngineEvicted, EngineRejected
-from routing.config import BackendPool, SinglePassRoute
+from routing.config import BackendPool, DeliberateConfig, SinglePassRoute
 from routing.scheduler_config import SchedulerHeaders
+from tests.fakes import FakeVLLM
+from tests.unit.conftest import Factory
+from tests.unit.test_app import A as TA
 
 ON = SchedulerHeaders(forward=True)
 HINTS = SchedulingHints("acme", "premium", 250.0, 40.4, 512)
@@ -184,3 +192,42 @@ async def test_a_plain_503_is_still_a_replica_failure() -> None:
     pool.replicas[1].in_flight = 1
     assert (await call(pool)).status_code == 200
     assert pool.replicas[0].outlier.failures == 1
+
+
+@pytest.mark.anyio
+async def test_explain_shows_the_headers_the_served_route_would_send(
+    gateway: Factory, fake: FakeVLLM
+) -> None:
+    raw = {
+        "default_route": "fast",
+        "backends": [
+            {
+                "name": "default",
+                "model": "fake-model",
+                "replicas": [TA],
+                "health_interval_s": 3600,
+                "scheduler": {"forward": True, "ttft_slo_ms": "x-ttft"},
+            }
+        ],
+        "routes": [
+            {
+                "name": "fast",
+                "strategy": "single-pass",
+                "backend": "default",
+                "objective": "interactive",
+                "slo": {"ttft_ms": 900},
+                "budget": {"max_visible_tokens": 64},
+            }
+        ],
+        "admission": {"scrape_interval_s": 3600},
+    }
+    client, _ = await gateway(DeliberateConfig.model_validate(raw))
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    r = await client.post("/v1/route/explain", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["scheduler_headers"] == {
+        "x-llm-d-inference-fairness-id": "anonymous",
+        "x-llm-d-inference-objective": "interactive",
+        "x-ttft": "900",
+        "x-llm-d-predicted-output-tokens": "64",
+    }

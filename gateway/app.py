@@ -81,7 +81,13 @@ def create_app(
             log.warning("config: %s", warning)
         metrics = Metrics(registry or CollectorRegistry(), gateway_version())
         pools = {
-            b.name: Pool(b, transport_factory(b), on_eject=metrics.eject) for b in cfg.backends
+            b.name: Pool(
+                b,
+                transport_factory(b),
+                on_eject=metrics.eject,
+                on_drop=lambda pool, drop: metrics.engine_drop(pool, drop.reason),
+            )
+            for b in cfg.backends
         }
         for pool in pools.values():
             for replica in pool.replicas:

@@ -232,7 +232,7 @@ class BudgetService:
         reservation, ctx.reservation = ctx.reservation, None
         if reservation is None:
             return
-        used = ctx.usage.prompt + ctx.usage.completion
+        used = ctx.spent.prompt + ctx.spent.completion
         log.debug(
             "request %s: %s %d of %d reserved tokens (outcome %s)",
             ctx.request_id,

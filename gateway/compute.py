@@ -15,8 +15,9 @@ from budgets.estimates import generation_cap, visible_cap
 from gateway.backends.generator import VLLMGenerator
 from gateway.backends.pool import Pool
 from gateway.backends.prm import PrmVerifier
+from gateway.backends.scheduling import SchedulingHints
 from gateway.context import RequestContext
-from gateway.errors import BackendTimeout, DeliberateError, InvalidRequest
+from gateway.errors import BackendTimeout, DeliberateError, EngineDropped, InvalidRequest
 from gateway.sse import DONE_EVENT, format_event
 from metrics.detail import StrategyStats
 from routing.config import Route
@@ -90,13 +91,18 @@ def strategy_request(payload: dict[str, Any]) -> StrategyRequest:
     )
 
 
-def build_strategy(route: Route, pools: Mapping[str, Pool], request_id: str) -> Strategy:
+def build_strategy(
+    route: Route,
+    pools: Mapping[str, Pool],
+    request_id: str,
+    hints: SchedulingHints | None = None,
+) -> Strategy:
     """The route's strategy; a PRM-scored search gets the client of its PRM pool."""
     params = route.params
     if isinstance(params, PrmSearchParams) and params.scorer == "prm":
         assert params.prm_backend is not None  # validated with the config
         prm_pool = pools[params.prm_backend]
-        verifier = PrmVerifier(prm_pool, request_id, prm_pool.config.prm)
+        verifier = PrmVerifier(prm_pool, request_id, prm_pool.config.prm, hints)
         return PrmSearch(params, step_verifier=verifier)
     return STRATEGIES[route.strategy].build(params)
 
@@ -137,11 +143,11 @@ async def run_route(
         reserved = max(0, ctx.reservation.tokens - ctx.usage.prompt - ctx.usage.completion)
     budget = route_budget(route, payload, reserved)
     deadline = Deadline.after(route.budget.deadline_s)
-    guarded = BudgetGuard(VLLMGenerator(pool, ctx.request_id, deadline), budget)
+    guarded = BudgetGuard(VLLMGenerator(pool, ctx.request_id, deadline, ctx.scheduling), budget)
     if strategy_for is not None:
         strategy = strategy_for(guarded)
     else:
-        strategy = build_strategy(route, pools, ctx.request_id)
+        strategy = build_strategy(route, pools, ctx.request_id, ctx.scheduling)
     sctx = StrategyContext(guarded, budget, deadline)
     if note is not None:
         sctx.note = note
@@ -155,6 +161,10 @@ async def run_route(
             f"route {route.name!r} reached its deadline of "
             f"{route.budget.deadline_s}s before any answer existed"
         ) from e
+    except EngineDropped:
+        # The calls that succeeded before the drop did real work: charged with the request.
+        ctx.dropped_usage = ctx.dropped_usage + budget.spent
+        raise
     except BudgetExhausted as e:
         raise DeliberateError(
             f"route {route.name!r} ran out of its {e} cap before any answer existed: the "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgets.ledger import Reservation
+from gateway.backends.scheduling import SchedulingHints
 from metrics.detail import Detail, StrategyStats
 from metrics.registry import Outcome, RequestRecord
 from routing.decision import Decision
@@ -40,6 +41,9 @@ class RequestContext:
     outcome: Outcome = "ok"
     ttft_s: float | None = None
     usage: Usage = Usage()
+    dropped_usage: Usage = Usage()
+    """Spent on attempts the engine's scheduler dropped (earlier calls of a multi-call route,
+    an evicted call's prompt): charged and counted in metrics, not in the answer's usage."""
     stream_done: bool = False  # the backend's stream was relayed to its end
     tenant: str | None = None
     running_as: str | None = None  # counted in this tenant's concurrency until settled
@@ -63,6 +67,7 @@ class RequestContext:
     candidate_detail: list[dict[str, Any]] | None = None
     """The strategy's per-candidate detail, kept for the trace export when the response
     leaves it out (more candidates than the route's ``candidate_detail``)."""
+    scheduling: SchedulingHints | None = None  # for the engine's scheduler, on every call
     _recorded: bool = False
     _last_token: float | None = None
 
@@ -98,6 +103,11 @@ class RequestContext:
             return {}
         return {"class": self.decision.request_class, "decision": self.decision.header_reason()}
 
+    @property
+    def spent(self) -> Usage:
+        """Everything the request spent: the answer's usage and that of dropped attempts."""
+        return self.usage + self.dropped_usage
+
     def mark_first_token(self) -> None:
         if self.ttft_s is None:
             self._last_token = time.perf_counter()
@@ -121,6 +131,6 @@ class RequestContext:
             outcome=self.outcome,
             duration_s=time.perf_counter() - self.started,
             ttft_s=self.ttft_s,
-            usage=self.usage,
+            usage=self.spent,
             detail=Detail(self.hidden_sources, self.token_gaps_s, self.stats, self.kv_bytes),
         )

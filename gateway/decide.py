@@ -19,6 +19,7 @@ from budgets.estimates import (
 from budgets.limits import check_shape, completion_cap, prompt_token_upper_bound
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
+from gateway.backends.scheduling import hints_for
 from gateway.compute import check_request
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequest, ModelNotFound, Overloaded
@@ -65,6 +66,11 @@ async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, A
     bytes_per_token = pool.config.kv.shape.kv_bytes_per_token if pool.config.kv.shape else None
     served_route = state.config.route(verdict.get("route", route.name))
     plan = sampling_plan(served_route, state.config, payload, decision)
+    served_pool = services.pools[served_route.backend]
+    served_shape = request_shape(
+        served_route, payload, prompt, served_pool.max_model_len, state.config
+    )
+    hints = hints_for(served_route, tenant.name, served_shape.per_sequence_tokens)
     return {
         "object": "route.decision",
         **decision.to_json(),
@@ -74,6 +80,7 @@ async def explain(services: Services, raw: bytes, tenant: Tenant) -> dict[str, A
             {"rung": i + 1, "label": r.label, "verifier": r.verifier, "threshold": r.threshold}
             for i, r in enumerate(served_route.escalate_to or ())
         ],
+        "scheduler_headers": served_pool.hint_headers(hints),
         "estimates": {
             **summary(prompt, shape, bytes_per_token),
             "tenant_reservation_tokens": worst_case_tokens(prompt, shape),

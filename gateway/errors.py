@@ -187,6 +187,35 @@ class Overloaded(DeliberateError):
     default_code = "overloaded"
 
 
+class EngineDropped(DeliberateError):
+    """The pool's engine-side scheduler (llm-d) dropped the request and said why (503).
+
+    ``reason`` is the normalised dropped-reason header (``rejected-*`` or ``evicted-*``);
+    the client sees it in the message and as ``code`` ``engine_rejected`` / ``engine_evicted``.
+    """
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+    def __init__(self, pool: str, reason: str, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.pool = pool
+        self.reason = reason
+
+
+class EngineRejected(EngineDropped):
+    """Every replica's scheduler refused the request before any engine work (503)."""
+
+    default_code = "engine_rejected"
+
+
+class EngineEvicted(EngineDropped):
+    """The scheduler dropped the request after engine work was done (503); that work is
+    charged to the tenant and the request is not retried."""
+
+    default_code = "engine_evicted"
+
+
 class BudgetStoreUnavailable(DeliberateError):
     """The budget store is unreachable and the policy is fail-closed (503)."""
 

@@ -87,11 +87,13 @@ def build_ladder(
                 verifier,
                 rung.threshold,
                 sampling=_route_rung_sampling(target, config, ctx),
-                strategy=build_strategy(target, pools, ctx.request_id),
+                strategy=build_strategy(target, pools, ctx.request_id, ctx.scheduling),
             )
         )
     first = (
-        None if route.strategy == "single-pass" else build_strategy(route, pools, ctx.request_id)
+        None
+        if route.strategy == "single-pass"
+        else build_strategy(route, pools, ctx.request_id, ctx.scheduling)
     )
     decision = ctx.decision
     start = decision.start_rung if decision is not None and decision.route == route.name else 0

@@ -8,6 +8,7 @@ its stream) is over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,15 +17,11 @@ import orjson
 from pydantic import BaseModel
 
 from budgets.estimates import kv_tokens, worst_case_tokens
-from budgets.limits import (
-    check_context,
-    check_shape,
-    completion_cap,
-    prompt_token_upper_bound,
-)
+from budgets.limits import check_shape
 from budgets.tenants import Tenant
 from gateway.backends.pool import Pool
-from gateway.backends.upstream import Upstream, open_upstream, read_json
+from gateway.backends.scheduling import hints_for
+from gateway.backends.upstream import Upstream, open_upstream
 from gateway.compute import render_json, render_sse, stream_route
 from gateway.context import RequestContext
 from gateway.decide import (
@@ -35,16 +32,20 @@ from gateway.decide import (
     request_shape,
     sampling_plan,
 )
+from gateway.engine_drops import charge_evicted, lower_route, note_step_down
 from gateway.errors import (
     BackendError,
     BackendTimeout,
-    ContextLengthExceeded,
     DeliberateError,
+    EngineEvicted,
+    EngineRejected,
     InvalidRequest,
 )
 from gateway.escalation import run_ladder
 from gateway.parsing import parse_payload
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
+from gateway.policy_state import PolicyState
+from gateway.prompt_fit import check_prompt_fits, count_prompt_tokens
 from gateway.responses import Translation
 from gateway.responses_forward import RESPONSES_PATH, ResponsesDialect, forward_body
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -123,6 +124,7 @@ async def complete(
     ) is not None:
         raise InvalidRequest(v.message, param=v.param, code=v.code)
     pool = services.pools[requested.backend]
+    ctx.scheduling = hints_for(requested, tenant.name, None)
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     check_route_serves(requested, endpoint, payload, state.config)
 
@@ -133,12 +135,63 @@ async def complete(
         if route.backend != requested.backend:
             pool = services.pools[route.backend]
             prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+    client_payload = dict(payload)  # as sent, before the route patches it
+    reserve = True
+    while True:
+        try:
+            return await serve(
+                services,
+                state,
+                route,
+                endpoint,
+                payload,
+                prompt_tokens,
+                ctx,
+                tenant,
+                reserve,
+                responses,
+            )
+        except EngineRejected as e:
+            lower = lower_route(services, state, route, endpoint, client_payload, prompt_tokens)
+            if lower is None:
+                raise
+            note_step_down(services, ctx, route, lower, e)
+            route, payload, reserve = lower, dict(client_payload), False
+            if lower.backend != pool.name:
+                pool = services.pools[lower.backend]
+                prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
+        except EngineEvicted:
+            with contextlib.suppress(DeliberateError):
+                prompt_tokens = (
+                    await count_prompt_tokens(pool, endpoint, payload, ctx) or prompt_tokens
+                )
+            charge_evicted(ctx, prompt_tokens)
+            raise
+
+
+async def serve(
+    services: Services,
+    state: PolicyState,
+    route: Route,
+    endpoint: Endpoint,
+    payload: dict[str, Any],
+    prompt_tokens: int,
+    ctx: RequestContext,
+    tenant: Tenant,
+    reserve: bool,
+    responses: Translation | None = None,
+) -> Answer:
+    """Serve the request on ``route`` (admitted): patch the body with the route's sampling
+    and caps, reserve the tenant's worst case (``reserve``: not yet done), run or relay
+    (``responses``: see ``complete``)."""
+    pool = services.pools[route.backend]
     apply_sampling(route, state.config, payload, ctx)
     n = 1
     if route.strategy == "single-pass" and route.escalate_to is None:
         apply_single_pass_caps(route, payload, endpoint)
         n = payload["n"] if isinstance(payload.get("n"), int) else 1
     shape = request_shape(route, payload, prompt_tokens, pool.max_model_len, state.config)
+    ctx.scheduling = hints_for(route, tenant.name, shape.per_sequence_tokens)
     ctx.token_ceiling = worst_case_tokens(prompt_tokens, shape, n)
     if (kv_shape := pool.config.kv.shape) is not None:
         per_token = kv_shape.kv_bytes_per_token
@@ -146,7 +199,8 @@ async def complete(
             kv_tokens(prompt_tokens, shape) * per_token,
             kv_tokens(prompt_tokens, shape, shared=False) * per_token,
         )
-    await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
+    if reserve:  # a step-down keeps the first route's reservation (a cheaper route fits it)
+        await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
 
     streaming = bool(payload.get("stream"))
     if route.strategy != "single-pass" or route.escalate_to is not None:
@@ -238,6 +292,7 @@ async def _pass_through(
                 deadline=deadline,
                 deadline_counts=True,  # the call is the request: too slow for it is a failure
                 key=key,
+                headers=pool.hint_headers(ctx.scheduling),
             )
             if not streaming:
                 return Answer(body=await read_json_body(upstream, ctx), dialect=spoken)
@@ -284,74 +339,6 @@ def apply_single_pass_caps(route: Route, payload: dict[str, Any], endpoint: Endp
     for key in keys or ["max_tokens"]:
         value = payload.get(key)
         payload[key] = min(value, limit) if isinstance(value, int) else limit
-
-
-async def check_prompt_fits(
-    pool: Pool, endpoint: Endpoint, payload: dict[str, Any], body_bytes: int, ctx: RequestContext
-) -> int:
-    """400 before dispatch when the prompt cannot fit the backend's context length; returns
-    an upper bound on the prompt's tokens (exact when it had to be counted).
-
-    Cheap bound first (no tokenizer); only a request near the limit is counted exactly
-    with the backend's ``/tokenize``. Unknown context length → vLLM remains the judge.
-    """
-    cap = completion_cap(payload)
-    messages = payload.get("messages")
-    n_messages = len(messages) if isinstance(messages, list) else 1
-    bound = prompt_token_upper_bound(body_bytes, n_messages)
-    max_len = pool.max_model_len
-    if max_len is None or check_context(bound, cap, max_len, "messages") is None:
-        return bound
-    if cap is not None and cap[1] >= max_len:  # no prompt is short enough: no need to count
-        raise ContextLengthExceeded(
-            f"{cap[0]}={cap[1]} leaves no room for a prompt in this model's context of "
-            f"{max_len} tokens",
-            param=cap[0],
-        )
-    count = await count_prompt_tokens(pool, endpoint, payload, ctx)
-    if count is None:
-        return min(bound, max_len)
-    prompt_param = "messages" if endpoint == "chat" else "prompt"
-    if (v := check_context(count, cap, max_len, prompt_param)) is not None:
-        raise ContextLengthExceeded(v.message, param=v.param)
-    return count
-
-
-async def count_prompt_tokens(
-    pool: Pool, endpoint: Endpoint, payload: dict[str, Any], ctx: RequestContext
-) -> int | None:
-    """Exact prompt length from the backend's ``/tokenize``; None if it cannot tell."""
-    if endpoint == "chat":
-        req: dict[str, Any] = {"model": pool.model, "messages": payload["messages"]}
-        for key in (
-            "tools",
-            "add_generation_prompt",
-            "continue_final_message",
-            "chat_template_kwargs",
-        ):
-            if key in payload:
-                req[key] = payload[key]
-    else:
-        prompt = payload["prompt"]
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-            return len(prompt)
-        if not isinstance(prompt, str):
-            return None  # batched prompts: leave it to vLLM
-        req = {"model": pool.model, "prompt": prompt}
-    try:
-        upstream = await open_upstream(
-            pool, "/tokenize", orjson.dumps(req), ctx.request_id + "-tok"
-        )
-    except BackendError as e:
-        if e.status == 404:
-            return None  # a backend without /tokenize (not vLLM)
-        raise
-    try:
-        _, data = await read_json(upstream)
-    except DeliberateError:
-        return None
-    count = data.get("count") if isinstance(data, dict) else None
-    return count if isinstance(count, int) else None
 
 
 def messages_of(payload: dict[str, Any]) -> list[Any]:

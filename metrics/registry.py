@@ -100,7 +100,8 @@ class Metrics:
         )
         self.downgrades = Counter(
             "deliberate_admission_downgrades",
-            "Requests admission stepped down the ladder, by requested and serving route and cause.",
+            "Requests stepped down the ladder, by requested and serving route and cause (slo, "
+            "kv: admission; engine: the pool's scheduler rejected every replica).",
             ["requested_route", "route", "cause"],
             registry=registry,
         )
@@ -212,6 +213,14 @@ class Metrics:
             ["pool", "replica"],
             registry=registry,
         )
+        self.engine_drops = Counter(
+            "deliberate_engine_drops",
+            "Backend calls an engine-side scheduler (llm-d) answered 429/503 with a dropped "
+            "reason, by pool and reason (rejected-*: no work done, retried or stepped down; "
+            "evicted-*: work done and charged).",
+            ["pool", "reason"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "deliberate_build_info",
             "Gateway version (value is always 1).",
@@ -241,7 +250,7 @@ class Metrics:
                 self.tokens.labels(name, kind)
             self.detail.init_route(name)
         for requested, lower in ladders:
-            for cause in ("slo", "kv"):
+            for cause in ("slo", "kv", "engine"):
                 self.downgrades.labels(requested, lower, cause)
         for cheap, strong in cascades:
             for outcome in ("kept", "escalated"):
@@ -277,11 +286,15 @@ class Metrics:
         """Count one ejection of ``replica`` (see ``watch_replica`` for the gauge)."""
         self.backend_ejections.labels(pool, replica).inc()
 
+    def engine_drop(self, pool: str, reason: str) -> None:
+        """Count one dropped call; ``reason`` is already normalised to a bounded set."""
+        self.engine_drops.labels(pool, reason).inc()
+
     def reject(self, route: str, reason: RejectReason) -> None:
         self.rejections.labels(route, reason).inc()
 
     def downgrade(self, requested: str, route: str, cause: str) -> None:
-        """``cause`` is ``kind:detail``; only the kind (slo, kv) becomes a label."""
+        """``cause`` is ``kind:detail``; only the kind (slo, kv, engine) becomes a label."""
         self.downgrades.labels(requested, route, cause.partition(":")[0]).inc()
 
     def record(self, rec: RequestRecord) -> None:

@@ -49,6 +49,12 @@ class RouteSlo(_Strict):
     ttft_ms: float | None = Field(
         None, gt=0, description="Predicted time to first visible token must stay under this."
     )
+    tpot_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Time per output token the route aims for; only forwarded to an "
+        "engine-side scheduler (`scheduler` headers), not checked by admission.",
+    )
 
 
 class ModelShape(_Strict):

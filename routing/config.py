@@ -22,6 +22,7 @@ from routing.budget_config import (
 from routing.policy_config import Ladder, Measured, RequestClass, RoutingPolicy, as_ladder
 from routing.prm import PrmConventions
 from routing.references import cross_reference_problems
+from routing.scheduler_config import SchedulerHeaders
 from routing.trace_config import TraceExport, TracesConfig
 from strategies.adaptive_consistency import AdaptiveConsistencyParams
 from strategies.best_of_n import BestOfNParams
@@ -116,6 +117,9 @@ class BackendPool(_Strict):
         description="single-pass /v1/responses: forward to the backend's own /v1/responses "
         "(falls back to translate if it answers 404), or translate to chat completions.",
     )
+    scheduler: SchedulerHeaders = Field(
+        SchedulerHeaders(), description="Hint headers for an engine-side scheduler (llm-d)."
+    )
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> BackendPool:
@@ -135,6 +139,11 @@ class _RouteBase(_Strict):
     backend: Name = Field(description="Name of a backend pool.")
     budget: RouteBudget = RouteBudget()
     slo: RouteSlo = RouteSlo()
+    objective: Name | None = Field(
+        None,
+        description="The route's priority class for an engine-side scheduler: sent as the "
+        "pool's `scheduler.objective` header (an llm-d InferenceObjective's name).",
+    )
     downgrade_to: Name | None = Field(
         None,
         description="Cheaper route admission steps down to when this one breaks its SLO or KV ceiling.",

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.backends.pool import Pool, Replica
+from gateway.backends.scheduling import SchedulingHints
 from gateway.backends.tokenize import count_tokens
 from gateway.backends.upstream import open_upstream, read_json
 from gateway.errors import BackendError, DeliberateError
@@ -26,8 +27,15 @@ from strategies.usage import Usage
 class VLLMGenerator:
     """Implements ``strategies.ports.Generator`` for one client request."""
 
-    def __init__(self, pool: Pool, request_id: str, deadline: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        request_id: str,
+        deadline: Deadline | None = None,
+        hints: SchedulingHints | None = None,
+    ) -> None:
         self.pool = pool
+        self.headers = pool.hint_headers(hints)
         self.request_id = request_id
         self.deadline = deadline
         self.replica: Replica | None = None
@@ -48,6 +56,7 @@ class VLLMGenerator:
             prefer=self.replica,
             deadline=self.deadline,
             key=key,
+            headers=self.headers,
         )
         self.replica = upstream.replica
         self.calls += 1

@@ -20,10 +20,13 @@ from httpx_aiohttp import AiohttpTransport
 
 from gateway.backends.affinity import HashRing, pick, prefix_key
 from gateway.backends.outlier import OutlierPolicy, OutlierState
+from gateway.backends.scheduling import Drop, SchedulingHints, hint_headers
 from routing.config import BackendPool
 
 OnEject = Callable[[str, str], None]
 """Called with (pool name, replica URL) when a replica is ejected."""
+OnDrop = Callable[[str, Drop], None]
+"""Called with (pool name, drop) when the pool's scheduler dropped a request."""
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,10 @@ class Pool:
         transport: httpx.AsyncBaseTransport,
         clock: Callable[[], float] = time.monotonic,
         on_eject: OnEject | None = None,
+        on_drop: OnDrop | None = None,
     ) -> None:
         self.config = config
+        self.on_drop = on_drop
         self.clock = clock
         self.outliers = OutlierPolicy(config.outlier)
         self.on_eject = on_eject
@@ -153,6 +158,16 @@ class Pool:
             )
             if self.on_eject is not None:
                 self.on_eject(self.name, replica.url)
+
+    def record_drop(self, drop: Drop) -> None:
+        """The pool's scheduler dropped a request (``gateway.backends.scheduling``)."""
+        log.info("backend %s: the scheduler dropped a request (%s)", self.name, drop.reason)
+        if self.on_drop is not None:
+            self.on_drop(self.name, drop)
+
+    def hint_headers(self, hints: SchedulingHints | None) -> dict[str, str]:
+        """The scheduler hint headers of a call to this pool (empty unless forwarding)."""
+        return hint_headers(self.config.scheduler, hints)
 
     async def send(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """POST ``body`` to ``url`` on the pool's connections; the response is still open.

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from gateway.backends.pool import Pool
+from gateway.backends.scheduling import SchedulingHints
 from gateway.backends.upstream import open_upstream, read_json
 from gateway.errors import BackendError
 from routing.prm import PRESETS, PrmConventions
@@ -58,9 +59,14 @@ class PrmVerifier:
     name = "prm"
 
     def __init__(
-        self, pool: Pool, request_id: str, conventions: PrmConventions | None = None
+        self,
+        pool: Pool,
+        request_id: str,
+        conventions: PrmConventions | None = None,
+        hints: SchedulingHints | None = None,
     ) -> None:
         self.pool = pool
+        self.headers = pool.hint_headers(hints.without_output() if hints else None)
         self.request_id = request_id
         self.conventions = conventions or PrmConventions()
         self.calls = 0
@@ -115,7 +121,9 @@ class PrmVerifier:
         }
         rid = f"{self.request_id}-prm-{next(self._seq)}"
         try:
-            upstream = await open_upstream(self.pool, "/pooling", orjson.dumps(body), rid)
+            upstream = await open_upstream(
+                self.pool, "/pooling", orjson.dumps(body), rid, headers=self.headers
+            )
         except BackendError as e:
             if e.status >= 500:
                 raise

@@ -11,6 +11,7 @@ records its own when it is closed (see ``Upstream.aclose``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,15 @@ import httpx
 import orjson
 
 from gateway.backends.pool import Pool, Replica
-from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, DeliberateError
+from gateway.backends.scheduling import Drop, classify_drop
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    DeliberateError,
+    EngineEvicted,
+    EngineRejected,
+)
 from strategies.base import Deadline
 
 # Failures that happen before any response byte arrived. ReadError/RemoteProtocolError here
@@ -71,6 +80,33 @@ class Upstream:
             await self.response.aclose()
 
 
+def dropped(pool: Pool, response: httpx.Response) -> Drop | None:
+    """The scheduler's drop ``response`` reports, if any (header name from the pool)."""
+    name = pool.config.scheduler.dropped_reason
+    value = response.headers.get(name) if name is not None else None
+    return classify_drop(pool.config.scheduler, response.status_code, value)
+
+
+def drop_error(pool: Pool, drop: Drop, response: httpx.Response) -> EngineRejected:
+    """Count ``drop`` on the pool; raise ``EngineEvicted`` for an eviction, else return the
+    ``EngineRejected`` to raise if no other replica answers (with the scheduler's
+    ``Retry-After``, when it gave whole seconds)."""
+    pool.record_drop(drop)
+    message = (
+        f"backend pool {pool.name!r}: its scheduler dropped the request "
+        f"(HTTP {response.status_code}, {drop.reason})"
+    )
+    if drop.kind == "evicted":
+        raise EngineEvicted(pool.name, drop.reason, message + " after work was done")
+    retry = response.headers.get("retry-after", "")
+    return EngineRejected(
+        pool.name,
+        drop.reason,
+        message + " before any work",
+        headers={"retry-after": retry} if retry.isdigit() else None,
+    )
+
+
 def _expired(deadline: Deadline | None) -> bool:
     return deadline is not None and deadline.expired
 
@@ -93,6 +129,7 @@ async def open_upstream(
     deadline: Deadline | None = None,
     deadline_counts: bool = False,
     key: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Upstream:
     """POST ``body`` (JSON) to ``path`` on the best replica of ``pool`` (``prefer`` first).
 
@@ -101,17 +138,21 @@ async def open_upstream(
     ``deadline`` allows (``deadline_counts``: a call cut by it is the replica's failure, see
     ``Upstream``). Raises ``BackendUnavailable`` when no replica answered,
     ``BackendTimeout`` when the last one tried stopped answering, and ``BackendError``
-    with the backend's status and message for its 4xx/5xx answers.
+    with the backend's status and message for its 4xx/5xx answers. ``headers`` are sent
+    too (the pool's scheduler hints). A 429/503 whose scheduler says ``rejected-*`` moves on
+    like a 503, ending in ``EngineRejected``; one that says ``evicted-*`` raises
+    ``EngineEvicted`` at once (see ``gateway.backends.scheduling``).
     """
-    headers = {"content-type": "application/json", "x-request-id": request_id}
+    sent = {**(headers or {}), "content-type": "application/json", "x-request-id": request_id}
     failures: list[str] = []
     last: DeliberateError | None = None
+    rejected: EngineRejected | None = None
     for rep in candidates(pool, prefer, key):
         if failures and _expired(deadline):
             break  # no time for a retry (the first try is the caller's to time out)
         rep.in_flight += 1
         try:
-            response = await pool.send(rep.url + path, body, headers)
+            response = await pool.send(rep.url + path, body, sent)
         except _RETRYABLE as e:
             rep.in_flight -= 1
             reason = f"{type(e).__name__}: {e}"
@@ -138,21 +179,28 @@ async def open_upstream(
         status = response.status_code
         if status < 400:
             return upstream
-        if status >= 500:
+        drop = dropped(pool, response)
+        if status >= 500 and drop is None:
             upstream.failed(f"HTTP {status}")
         else:
-            upstream.succeeded()  # a 4xx is about the request, not the replica
+            upstream.succeeded()  # a 4xx or a scheduler's drop is no fault of the replica
         try:
             raw = await response.aread()
         except httpx.HTTPError:
             raw = b""
         finally:
             await upstream.aclose()
+        if drop is not None:
+            rejected = drop_error(pool, drop, response)  # raises at once for evicted-*
+            failures.append(f"{rep.url}: {drop.reason}")
+            continue
         if status in _RETRY_STATUSES:
             failures.append(f"{rep.url}: HTTP {status}")
             last = None if status in _UNAVAILABLE_STATUSES else backend_error(status, raw)
             continue
         raise backend_error(status, raw)
+    if rejected is not None:
+        raise rejected
     if last is not None:
         raise last
     raise BackendUnavailable(

@@ -346,9 +346,12 @@ def test_policy_is_the_shipped_one_and_passes_the_gateways_checks(
 ) -> None:
     text = policy_text(rendered[overlay])
     ours, shipped = yaml.safe_load(text), yaml.safe_load(SHIPPED_POLICY.read_text())
-    # Only the backend URL and the predictor's place differ from configs/routes.yaml.
+    # Only the backend URL and the predictor's place differ from configs/routes.yaml (and, in
+    # the llm-d overlay, the default pool forwards scheduler hints).
     predictor = ours["policy"]["predictor"]["path"]
     ours["backends"][0]["replicas"] = shipped["backends"][0]["replicas"]
+    if overlay == "llm-d":
+        assert ours["backends"][0].pop("scheduler") == {"forward": True}
     ours["policy"]["predictor"]["path"] = shipped["policy"]["predictor"]["path"]
     assert ours == shipped
 
@@ -429,6 +432,17 @@ def test_llm_d_overlay_points_the_backend_at_the_inference_gateway(
     assert host.endswith(".svc.cluster.local") and host.split(".")[1] != "deliberate"
     assert not any(o["metadata"]["name"] == "vllm" for o in objs)
     assert url not in policy_text(rendered["cpu"])
+
+
+def test_only_the_llm_d_overlay_forwards_scheduler_hints(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    def pool(overlay: str) -> dict[str, Any]:
+        backends: list[dict[str, Any]] = yaml.safe_load(policy_text(rendered[overlay]))["backends"]
+        return backends[0]
+
+    assert pool("llm-d")["scheduler"] == {"forward": True}  # llm-d's header names by default
+    assert "scheduler" not in pool("cpu") and "scheduler" not in pool("gpu")
 
 
 # --------------------------------------------------------------------------------------

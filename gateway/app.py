@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -27,6 +28,7 @@ from gateway.policy_state import build_state, init_metrics
 from gateway.reload import ConfigWatcher, file_stamp
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.tracing import Tracing, tracing_from_env
 from metrics.backends import BackendCollector, ReplicaView
 from metrics.registry import Metrics
 from routing.config import BackendPool, DeliberateConfig
@@ -64,13 +66,17 @@ def create_app(
     config: DeliberateConfig | None = None,
     registry: CollectorRegistry | None = None,
     transport_factory: Callable[[BackendPool], httpx.AsyncBaseTransport] = build_transport,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Build the gateway.
 
     ``config`` defaults to ``settings.config`` read from disk (at start-up, in the lifespan);
     ``registry`` to a fresh one, exposed on ``/metrics``; ``transport_factory`` builds each
-    pool's connection pool (tests pass a fake transport).
+    pool's connection pool (tests pass a fake transport); ``tracing`` to what the ``OTEL_*``
+    environment asks for, decided here once (off unless it asks: ``gateway.tracing``).
     """
+    traces = tracing if tracing is not None else tracing_from_env(os.environ, gateway_version())
+    tracer = traces.tracer
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +86,8 @@ def create_app(
             log.warning("config: %s", warning)
         metrics = Metrics(registry or CollectorRegistry(), gateway_version())
         pools = {
-            b.name: Pool(b, transport_factory(b), on_eject=metrics.eject) for b in cfg.backends
+            b.name: Pool(b, transport_factory(b), on_eject=metrics.eject, tracer=tracer)
+            for b in cfg.backends
         }
         for pool in pools.values():
             for replica in pool.replicas:
@@ -104,6 +111,7 @@ def create_app(
             ),
             scraper=scraper,
             online=online,
+            tracer=tracer,
         )
         # First probe before serving, so max_model_len and health are known; never blocks
         # start-up for long, and a down backend just starts marked down.
@@ -137,6 +145,8 @@ def create_app(
             await app.state.services.budgets.drain(timeout_s=5.0)
             await asyncio.gather(*(p.client.aclose() for p in pools.values()))
             await store.aclose()
+            if traces.shutdown is not None:
+                await traces.shutdown()  # flushes the exporters' last batch
 
     app = FastAPI(
         title="Deliberate",

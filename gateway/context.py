@@ -14,6 +14,7 @@ from metrics.detail import Detail, StrategyStats
 from metrics.registry import Outcome, RequestRecord
 from routing.decision import Decision
 from routing.sampling import SamplingPlan
+from strategies.tracing import NO_SPAN, OpenSpan
 from strategies.usage import Usage
 
 MAX_REQUEST_ID = 128
@@ -59,6 +60,7 @@ class RequestContext:
     prompt_preview: str | None = None  # only with DELIBERATE_LOG_PROMPTS
     client_sampling: dict[str, Any] = field(default_factory=dict)  # before the route's patch
     sampling: SamplingPlan | None = None  # whose sampling the request runs with
+    span: OpenSpan = NO_SPAN  # the request's server span (tracing on), ended by the HTTP layer
     _recorded: bool = False
     _last_token: float | None = None
 

@@ -47,6 +47,14 @@ from gateway.parsing import parse_payload
 from gateway.passthrough import force_stream_usage, read_json_body, relay_stream
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
+from gateway.tracing import (
+    ADMISSION_SPAN,
+    BUDGET_SPAN,
+    ROUTE_SPAN,
+    note_admission,
+    note_decision,
+    note_request_body,
+)
 from routing.config import DeliberateConfig, Route
 from routing.features import message_text
 from routing.sampling import SAMPLING_FIELDS
@@ -93,10 +101,16 @@ async def complete(
 ) -> Answer:
     """Serve one ``/v1/chat/completions`` or ``/v1/completions`` request body for ``tenant``."""
     state = services.state  # one policy for the whole request, whatever reloads meanwhile
+    tracer = services.tracer
     payload = parse_payload(raw, _SCHEMAS[endpoint])
     if services.settings.log_prompts:
         ctx.prompt_preview = prompt_preview(payload)
-    decision = decide(services, state, endpoint, payload, len(raw), tenant)
+    if tracer.enabled:
+        note_request_body(ctx.span, payload)
+    with tracer.span(ROUTE_SPAN) as span:
+        decision = decide(services, state, endpoint, payload, len(raw), tenant)
+        if tracer.enabled:
+            note_decision(span, decision)
     ctx.decision = decision
     requested = state.config.route(decision.route)
     ctx.route, ctx.strategy, ctx.backend = requested.name, requested.strategy, requested.backend
@@ -109,7 +123,10 @@ async def complete(
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     check_route_serves(requested, endpoint, payload, state.config)
 
-    route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
+    with tracer.span(ADMISSION_SPAN, {"deliberate.requested_route": requested.name}) as span:
+        route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
+        if tracer.enabled:
+            note_admission(span, route.name, ctx)
     if route is not requested:
         ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
         check_route_serves(route, endpoint, payload, state.config)
@@ -129,7 +146,10 @@ async def complete(
             kv_tokens(prompt_tokens, shape) * per_token,
             kv_tokens(prompt_tokens, shape, shared=False) * per_token,
         )
-    await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
+    with tracer.span(BUDGET_SPAN) as span:
+        if tracer.enabled:
+            span.set_attribute("deliberate.token_ceiling", ctx.token_ceiling)
+        await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
 
     streaming = bool(payload.get("stream"))
     if route.strategy != "single-pass" or route.escalate_to is not None:

@@ -13,6 +13,7 @@ from metrics.registry import Metrics
 from routing.config import DeliberateConfig
 from routing.online import OnlineTables
 from routing.resolve import RouteTable
+from strategies.tracing import NO_TRACING, Tracer
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Services:
     scraper: BackendScraper | None = None
     online: OnlineTables = field(default_factory=lambda: OnlineTables(0.02))
     """Live quality tables (used when the policy enables online updates); kept across reloads."""
+    tracer: Tracer = NO_TRACING
+    """Spans of requests (``gateway.tracing``); the pools hold the same tracer."""
 
     @property
     def config(self) -> DeliberateConfig:

@@ -19,6 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from gateway.backends.outlier import OutlierPolicy, OutlierState
 from routing.config import BackendPool
+from strategies.tracing import NO_TRACING, Tracer
 
 OnEject = Callable[[str, str], None]
 """Called with (pool name, replica URL) when a replica is ejected."""
@@ -47,8 +48,10 @@ class Pool:
         transport: httpx.AsyncBaseTransport,
         clock: Callable[[], float] = time.monotonic,
         on_eject: OnEject | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.config = config
+        self.tracer = tracer  # spans of the calls to this pool's replicas
         self.clock = clock
         self.outliers = OutlierPolicy(config.outlier)
         self.on_eject = on_eject

@@ -19,7 +19,9 @@ import orjson
 
 from gateway.backends.pool import Pool, Replica
 from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, DeliberateError
+from gateway.tracing import backend_span, note_answer, note_replica
 from strategies.base import Deadline
+from strategies.tracing import NO_SPAN, OpenSpan
 
 # Failures that happen before any response byte arrived. ReadError/RemoteProtocolError here
 # typically mean a keep-alive connection the server had already closed. (The aiohttp
@@ -47,6 +49,8 @@ class Upstream:
     response: httpx.Response
     deadline: Deadline | None = None
     deadline_counts: bool = False
+    span: OpenSpan = NO_SPAN
+    """The call's client span (tracing on): ended here, with the verdict."""
     _closed: bool = False
     _verdict: str | None = None
     """"ok", or the reason the call failed."""
@@ -68,6 +72,7 @@ class Upstream:
                 self.pool.record_success(self.replica)
             elif verdict is not None:
                 self.pool.record_failure(self.replica, verdict)
+            self.span.end(None if verdict in (None, "ok") else verdict)
             await self.response.aclose()
 
 
@@ -100,8 +105,32 @@ async def open_upstream(
     ``Upstream``). Raises ``BackendUnavailable`` when no replica answered,
     ``BackendTimeout`` when the last one tried stopped answering, and ``BackendError``
     with the backend's status and message for its 4xx/5xx answers.
+
+    Tracing on, the call is one client span (all its tries) from here to ``Upstream.aclose``,
+    and its W3C ``traceparent`` goes out with the request, so vLLM's spans join the trace.
     """
     headers = {"content-type": "application/json", "x-request-id": request_id}
+    span = backend_span(pool.tracer, pool.name, pool.model, path, headers)
+    try:
+        upstream = await _open(pool, path, body, headers, prefer, deadline, deadline_counts)
+    except BaseException as e:
+        span.end(e)
+        raise
+    if pool.tracer.enabled:
+        upstream.span = span
+        note_replica(span, upstream.replica.url, upstream.response.status_code)
+    return upstream
+
+
+async def _open(
+    pool: Pool,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    prefer: Replica | None,
+    deadline: Deadline | None,
+    deadline_counts: bool,
+) -> Upstream:
     failures: list[str] = []
     last: DeliberateError | None = None
     for rep in candidates(pool, prefer):
@@ -193,6 +222,8 @@ async def read_json(upstream: Upstream) -> tuple[bytes, Any]:
         ) from e
     else:
         upstream.succeeded()
+        if upstream.pool.tracer.enabled:
+            note_answer(upstream.span, data)
     finally:
         await upstream.aclose()
     return raw, data

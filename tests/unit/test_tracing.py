@@ -397,3 +397,23 @@ async def test_a_best_of_n_verifier_call_has_its_span(traced: Traced) -> None:
     assert v["deliberate.verifier.candidates"] == 3
     assert v["gen_ai.usage.output_tokens"] == 0  # the arithmetic checker calls no backend
     assert attrs(strategy)["deliberate.samples"] == 3
+
+
+async def test_a_rate_limit_ends_the_budget_span_with_the_error(traced: Traced) -> None:
+    from tests.unit.test_app_budgets import AUTH, budget_config
+
+    client = await traced.start(budget_config(requests_per_minute=1))
+    codes = [
+        (await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code
+        for _ in range(2)
+    ]
+    assert codes == [200, 429]
+    spans = traced.spans()
+    budget = [s for s in spans if s.name == "deliberate.budget"]
+    assert [s.status.status_code for s in budget] == [StatusCode.UNSET, StatusCode.ERROR]
+    assert [e.name for e in budget[1].events] == ["exception"]
+    roots = [s for s in spans if s.name == "POST /v1/chat/completions"]
+    assert attrs(roots[1])["http.response.status_code"] == 429
+    assert attrs(roots[1])["error.type"] == "RateLimited"
+    # the second request never reached the backend
+    assert len([s for s in spans if s.name == "chat fake-model"]) == 1

@@ -4,13 +4,19 @@ tree carries the backend calls with the token usage vLLM itself reported."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,7 +28,7 @@ from gateway.otel import OtelTracer
 from gateway.settings import Settings
 from gateway.tracing import Tracing
 from routing.config import DeliberateConfig
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -126,3 +132,72 @@ async def test_ladder_span_tree_with_real_backend_calls(
     hidden = usage["completion_tokens_details"]["reasoning_tokens"]
     assert a["gen_ai.usage.reasoning.output_tokens"] == hidden > 0  # the losing candidates
     assert a["deliberate.route"] == "trace-ladder"
+
+
+@pytest.fixture
+def otlp_sink() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
+    """An OTLP/HTTP receiver (protobuf) on a free port: every export it was sent, decoded."""
+    received: list[ExportTraceServiceRequest] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["content-length"]))
+            assert self.path == "/v1/traces"
+            received.append(ExportTraceServiceRequest.FromString(body))
+            out = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_gateway_process_exports_otlp_as_the_environment_says(
+    gateway_config: Path,
+    tmp_path: Path,
+    otlp_sink: tuple[str, list[ExportTraceServiceRequest]],
+) -> None:
+    """``deliberate serve`` with only OTEL_* set: the OTLP/HTTP exporter sends the request's
+    spans (flushed at shutdown), continuing the client's trace, with vLLM's token usage."""
+    sink_url, received = otlp_sink
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink_url,
+        "OTEL_SERVICE_NAME": "deliberate-it",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with running_gateway(gateway_config, tmp_path, env) as url:
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0},
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    spans = {}
+    for export in received:
+        for rs in export.resource_spans:
+            resource = {a.key: a.value.string_value for a in rs.resource.attributes}
+            assert resource["service.name"] == "deliberate-it"
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    spans[span.name] = span
+    assert {"POST /v1/chat/completions", f"chat {MODEL}", "deliberate.route"} <= set(spans)
+    assert {span.trace_id.hex() for span in spans.values()} == {trace_id}
+    call = {a.key: a.value for a in spans[f"chat {MODEL}"].attributes}
+    assert call["gen_ai.usage.input_tokens"].int_value == usage["prompt_tokens"] > 0
+    assert call["gen_ai.usage.output_tokens"].int_value == usage["completion_tokens"] > 0
+    assert spans[f"chat {MODEL}"].parent_span_id == spans["POST /v1/chat/completions"].span_id

@@ -125,11 +125,15 @@ def processors(environ: Mapping[str, str]) -> list[SpanProcessor]:
 def otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
     """The OTLP exporter of ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` (http/protobuf by
     default, as the specification says; grpc needs opentelemetry-exporter-otlp-proto-grpc)."""
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
+    var = next(
+        (
+            v
+            for v in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+            if environ.get(v, "").strip()
+        ),
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    )
+    protocol = environ.get(var, "").strip() or "http/protobuf"
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -141,10 +145,7 @@ def otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
             )
         except ImportError as e:
             raise ValueError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc "
-                f"installed ({e})"
+                f"{var}=grpc needs opentelemetry-exporter-otlp-proto-grpc installed ({e})"
             ) from e
         return GrpcExporter()
-    raise ValueError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}"
-    )
+    raise ValueError(f"{var}: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")

@@ -52,6 +52,11 @@ class HasModel(Protocol):
     def model(self) -> str: ...
 
 
+class TracingConfigError(ValueError):
+    """``OTEL_*`` asks for what cannot be had: an unknown exporter or protocol, or tracing
+    without the ``otel`` extra installed. The message names the variable or the package."""
+
+
 @dataclass(frozen=True)
 class Tracing:
     """The tracer the app uses and what to call once at shutdown (flush the exporters)."""
@@ -76,18 +81,22 @@ def tracing_wanted(environ: Mapping[str, str]) -> bool:
 
 
 def tracing_from_env(environ: Mapping[str, str], version: str) -> Tracing:
-    """The app's tracing as the environment asks (``Tracing()``, tracing off, by default)."""
+    """The app's tracing as the environment asks (``Tracing()``, tracing off, by default);
+    ``TracingConfigError`` when it asks for what cannot be had."""
     if not tracing_wanted(environ):
         return Tracing()
     try:
         from gateway import otel
     except ImportError as e:
-        raise RuntimeError(
+        raise TracingConfigError(
             "OTEL_* asks for traces but OpenTelemetry is not installed: "
             "pip install 'deliberate-gateway[otel]' (or unset OTEL_TRACES_EXPORTER and "
             f"OTEL_EXPORTER_OTLP_ENDPOINT) [{e}]"
         ) from e
-    provider = otel.provider_from_env(environ, version)
+    try:
+        provider = otel.provider_from_env(environ, version)
+    except ValueError as e:
+        raise TracingConfigError(str(e)) from e
 
     async def shutdown() -> None:
         await asyncio.to_thread(provider.shutdown)  # may wait on an exporter's network call

@@ -3,7 +3,11 @@ sent to the backend (the scripted vLLM's MockTransport sees the wire)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,13 +22,14 @@ from gateway import otel
 from gateway.app import create_app
 from gateway.otel import OtelTracer
 from gateway.settings import Settings
-from gateway.tracing import Tracing, tracing_from_env, tracing_wanted
+from gateway.tracing import Tracing, TracingConfigError, tracing_from_env, tracing_wanted
 from routing.config import BackendPool, DeliberateConfig
 from strategies.tracing import NO_SPAN, NO_TRACING
 from tests.fakes import FakeVLLM
 from tests.unit.test_app import CHAT, A, make_config
 
 pytestmark = pytest.mark.anyio
+SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "routes.yaml"
 
 
 @pytest.mark.parametrize(
@@ -78,6 +83,29 @@ def test_an_explicit_service_name_is_kept(monkeypatch: pytest.MonkeyPatch) -> No
     provider = otel.provider_from_env({"OTEL_SERVICE_NAME": "gw-eu"}, "1")
     assert provider.resource.attributes["service.name"] == "gw-eu"
     provider.shutdown()
+
+
+def test_a_bad_otel_environment_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(TracingConfigError, match="OTEL_TRACES_EXPORTER: unknown exporter 'jaeger'"):
+        tracing_from_env({"OTEL_TRACES_EXPORTER": "jaeger"}, "1")
+    with pytest.raises(TracingConfigError, match="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        tracing_from_env(
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "thrift"}, "1"
+        )
+
+
+def test_serve_refuses_a_bad_otel_environment() -> None:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "jaeger", "DELIBERATE_CONFIG": str(SHIPPED)}
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "tracing: OTEL_TRACES_EXPORTER: unknown exporter 'jaeger'" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_tracing_from_env_builds_an_sdk_tracer() -> None:

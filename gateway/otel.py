@@ -62,6 +62,9 @@ class _Open:
     def set_attribute(self, key: str, value: AttrValue) -> None:
         self._span.set_attribute(key, value)
 
+    def set_attributes(self, attributes: Attrs) -> None:
+        self._span.set_attributes(attributes)
+
     def inject(self, headers: MutableMapping[str, str]) -> None:
         _PROPAGATOR.inject(headers, trace.set_span_in_context(self._span))
 

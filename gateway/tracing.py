@@ -138,73 +138,91 @@ def backend_span(
 def note_replica(span: Span, url: str, status: int) -> None:
     """Which replica answered, with what status."""
     parts = urlsplit(url)
+    a: dict[str, AttrValue] = {"http.response.status_code": status}
     if parts.hostname:
-        span.set_attribute("server.address", parts.hostname)
+        a["server.address"] = parts.hostname
     if parts.port is not None:
-        span.set_attribute("server.port", parts.port)
-    span.set_attribute("http.response.status_code", status)
+        a["server.port"] = parts.port
+    span.set_attributes(a)
 
 
 def note_answer(span: Span, data: Any) -> None:
     """A backend's JSON answer on its span: response model and id, usage, finish reasons."""
     if not isinstance(data, dict):
         return
+    a: dict[str, AttrValue] = {}
     if isinstance(model := data.get("model"), str):
-        span.set_attribute("gen_ai.response.model", model)
+        a["gen_ai.response.model"] = model
     if isinstance(rid := data.get("id"), str):
-        span.set_attribute("gen_ai.response.id", rid)
+        a["gen_ai.response.id"] = rid
     if isinstance(usage := data.get("usage"), dict):
-        note_usage(span, Usage.from_openai(usage))
+        a.update(usage_attrs(Usage.from_openai(usage)))
     choices = data.get("choices")
     if isinstance(choices, list):
-        reasons = [str(c.get("finish_reason")) for c in choices if isinstance(c, dict)]
+        reasons = tuple(str(c.get("finish_reason")) for c in choices if isinstance(c, dict))
         if reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", tuple(reasons))
+            a["gen_ai.response.finish_reasons"] = reasons
+    span.set_attributes(a)
 
 
-def note_usage(span: Span, usage: Usage) -> None:
+def usage_attrs(usage: Usage) -> dict[str, AttrValue]:
     """``gen_ai.usage.*``: input = prompt tokens, output = every generated token (visible and
     hidden), ``reasoning.output_tokens`` = the hidden ones (for one backend call: what it
     reports as ``completion_tokens_details.reasoning_tokens``)."""
-    span.set_attribute("gen_ai.usage.input_tokens", usage.prompt)
-    span.set_attribute("gen_ai.usage.output_tokens", usage.completion)
-    span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.hidden)
+    return {
+        "gen_ai.usage.input_tokens": usage.prompt,
+        "gen_ai.usage.output_tokens": usage.completion,
+        "gen_ai.usage.reasoning.output_tokens": usage.hidden,
+    }
+
+
+def note_usage(span: Span, usage: Usage) -> None:
+    span.set_attributes(usage_attrs(usage))
 
 
 def note_strategy(span: Span, result: StrategyResult, backend_calls: int) -> None:
     """How a strategy run ended: stop reason, samples, calls, and every token it spent."""
-    span.set_attribute("deliberate.stop_reason", result.stop_reason)
-    span.set_attribute("deliberate.backend_calls", backend_calls)
+    a = usage_attrs(result.usage)
+    a["deliberate.stop_reason"] = result.stop_reason
+    a["deliberate.backend_calls"] = backend_calls
     if isinstance(samples := result.info.get("samples"), int):
-        span.set_attribute("deliberate.samples", samples)
-    note_usage(span, result.usage)
+        a["deliberate.samples"] = samples
+    span.set_attributes(a)
+
+
+_REQUEST_FIELDS = (
+    ("model", "gen_ai.request.model"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("seed", "gen_ai.request.seed"),
+    ("n", "gen_ai.request.choice.count"),
+    ("stream", "gen_ai.request.stream"),
+)
 
 
 def note_request_body(span: Span, payload: Mapping[str, Any]) -> None:
     """The client's request parameters on the server span (never the prompt)."""
-    for key, attr in (
-        ("model", "gen_ai.request.model"),
-        ("temperature", "gen_ai.request.temperature"),
-        ("top_p", "gen_ai.request.top_p"),
-        ("seed", "gen_ai.request.seed"),
-        ("n", "gen_ai.request.choice.count"),
-        ("stream", "gen_ai.request.stream"),
-    ):
+    a: dict[str, AttrValue] = {}
+    for key, attr in _REQUEST_FIELDS:
         value = payload.get(key)
         if isinstance(value, str | bool | int | float):
-            span.set_attribute(attr, value)
+            a[attr] = value
     cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
     if isinstance(cap, int):
-        span.set_attribute("gen_ai.request.max_tokens", cap)
+        a["gen_ai.request.max_tokens"] = cap
+    span.set_attributes(a)
 
 
 def note_decision(span: Span, decision: Decision) -> None:
-    span.set_attribute("deliberate.class", decision.request_class)
-    span.set_attribute("deliberate.route", decision.route)
-    span.set_attribute("deliberate.reason", decision.header_reason())
-    span.set_attribute("deliberate.decision_source", decision.source)
+    a: dict[str, AttrValue] = {
+        "deliberate.class": decision.request_class,
+        "deliberate.route": decision.route,
+        "deliberate.reason": decision.header_reason(),
+        "deliberate.decision_source": decision.source,
+    }
     if decision.start_rung:
-        span.set_attribute("deliberate.start_rung", decision.start_rung)
+        a["deliberate.start_rung"] = decision.start_rung
+    span.set_attributes(a)
 
 
 def note_admission(span: Span, admitted: str, ctx: RequestContext) -> None:
@@ -215,8 +233,11 @@ def note_admission(span: Span, admitted: str, ctx: RequestContext) -> None:
 
 def note_request(span: Span, ctx: RequestContext, pools: Mapping[str, HasModel]) -> None:
     """What the request turned out to be, on its server span, once it is over: the route
-    and class, the model that answered, every token it spent and how it ended."""
-    span.set_attribute("deliberate.request_id", ctx.request_id)
+    and class, the model that answered, every token it spent and how it ended (the
+    decision's reason is on the ``deliberate.route`` span)."""
+    a = usage_attrs(ctx.usage)
+    a["deliberate.request_id"] = ctx.request_id
+    a["deliberate.outcome"] = ctx.outcome
     for key, value in (
         ("deliberate.route", ctx.route),
         ("deliberate.strategy", ctx.strategy),
@@ -225,18 +246,16 @@ def note_request(span: Span, ctx: RequestContext, pools: Mapping[str, HasModel])
         ("deliberate.downgrade", ctx.downgrade_cause),
     ):
         if value is not None:
-            span.set_attribute(key, value)
+            a[key] = value
     if (d := ctx.decision) is not None:
-        span.set_attribute("deliberate.class", d.request_class)
-        span.set_attribute("deliberate.reason", d.header_reason())
+        a["deliberate.class"] = d.request_class
     if ctx.backend is not None and (pool := pools.get(ctx.backend)) is not None:
-        span.set_attribute("gen_ai.response.model", pool.model)
-    span.set_attribute("deliberate.outcome", ctx.outcome)
-    note_usage(span, ctx.usage)
+        a["gen_ai.response.model"] = pool.model
     if ctx.ttft_s is not None:
-        span.set_attribute("gen_ai.response.time_to_first_chunk", round(ctx.ttft_s, 6))
+        a["gen_ai.response.time_to_first_chunk"] = round(ctx.ttft_s, 6)
     if (stats := ctx.stats) is not None and stats.stop_reason is not None:
-        span.set_attribute("deliberate.stop_reason", stats.stop_reason)
+        a["deliberate.stop_reason"] = stats.stop_reason
+    span.set_attributes(a)
 
 
 def request_span(

@@ -28,6 +28,10 @@ SpanKind = Literal["internal", "server", "client"]
 class Span(Protocol):
     def set_attribute(self, key: str, value: AttrValue) -> None: ...
 
+    def set_attributes(self, attributes: Attrs) -> None:
+        """Several at once (cheaper than one by one on the SDK's spans)."""
+        ...
+
 
 class OpenSpan(Span, Protocol):
     """A span started with ``Tracer.start``: the caller ends it."""
@@ -69,6 +73,9 @@ class _NullSpan:
     """Every method a no-op; also its own context manager."""
 
     def set_attribute(self, key: str, value: AttrValue) -> None:
+        pass
+
+    def set_attributes(self, attributes: Attrs) -> None:
         pass
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
@@ -152,9 +159,10 @@ def verify_attrs(name: str, candidates: int) -> dict[str, AttrValue]:
 
 def note_scores(span: Span, scores: Sequence[Score]) -> None:
     """The verifier's backend tokens and best score on its span."""
-    prompt = sum(s.usage.prompt for s in scores)
-    generated = sum(s.usage.completion for s in scores)
-    span.set_attribute("gen_ai.usage.input_tokens", prompt)
-    span.set_attribute("gen_ai.usage.output_tokens", generated)
+    attrs: dict[str, AttrValue] = {
+        "gen_ai.usage.input_tokens": sum(s.usage.prompt for s in scores),
+        "gen_ai.usage.output_tokens": sum(s.usage.completion for s in scores),
+    }
     if scores:
-        span.set_attribute("deliberate.verifier.best_score", round(max(s.value for s in scores), 4))
+        attrs["deliberate.verifier.best_score"] = round(max(s.value for s in scores), 4)
+    span.set_attributes(attrs)

@@ -23,6 +23,11 @@ Per (scenario, mode): p50/p95 latency, the gateway process's CPU time per reques
 and both as ratios to ``off``. Modes are measured in rotating order over ``--blocks`` blocks,
 each after a warm-up, so drift hits all alike. Every process is pinned to ``--cpus``.
 
+In-process (the ASGI app on a scripted backend, no sockets), the process CPU per request
+with tracing off, on with a no-op exporter (what creating the spans costs) and on with the
+OTLP/HTTP exporter to the sink (what encoding and sending them adds, in the batch thread),
+min over interleaved rounds: less noisy than the process measurements on a shared machine.
+
 "Off costs nothing" is checked directly too: an in-process run counts the null tracer's calls
 during one request of each scenario, and a micro-benchmark times those calls; their product
 is what tracing-off adds to a request (compared with the gateway CPU per request).
@@ -243,6 +248,96 @@ async def measure(
 
 
 # --------------------------------------------------------------------------------------------
+# In-process: what the spans cost and what the OTLP export adds, apart
+
+
+INPROC_MODES = ("off", "on-noop-exporter", "on-otlp")
+
+
+def inproc_tracing(mode: str, sink_url: str) -> tuple[Any, Any]:
+    """(``Tracing``, provider or None) for an in-process mode."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from gateway.otel import OtelTracer
+    from gateway.tracing import Tracing
+
+    class NoopExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    if mode == "off":
+        return Tracing(), None
+    exporter: SpanExporter = (
+        NoopExporter() if mode == "on-noop-exporter" else OTLPSpanExporter(sink_url + "/v1/traces")
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(OtelTracer(provider, "bench")), provider
+
+
+async def inproc_cpu_us(mode: str, model: str, sink_url: str, n: int) -> float:
+    """Process CPU µs per request (the event loop and the exporter's thread) of ``n``
+    in-process requests through the ASGI app to a scripted backend, export flushed."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from routing.config import DeliberateConfig
+    from tests.fakes import FakeVLLM
+
+    fake = FakeVLLM(model=oh.MOCK_MODEL)
+    transport = fake.transport()
+
+    def transports(_: object) -> httpx.AsyncBaseTransport:
+        return transport
+
+    tracing, provider = inproc_tracing(mode, sink_url)
+    cfg = DeliberateConfig.model_validate(policy("http://mock:1"))
+    app = create_app(Settings(access_log=False), cfg, CollectorRegistry(), transports, tracing)
+    payload = body(model)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        ) as c:
+            for _ in range(50):
+                await c.post("/v1/chat/completions", content=payload)
+            if provider is not None:
+                provider.force_flush()
+            fake.received.clear()
+            t0 = time.process_time()
+            for _ in range(n):
+                await c.post("/v1/chat/completions", content=payload)
+                fake.received.clear()
+            if provider is not None:
+                provider.force_flush()  # the export of these requests' spans counts too
+            cpu = time.process_time() - t0
+    if provider is not None:
+        provider.shutdown()
+    return cpu / n * 1e6
+
+
+async def inproc(sink_url: str, n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Min over ``rounds`` interleaved rounds of ``inproc_cpu_us`` per scenario and mode."""
+    out: dict[str, dict[str, float]] = {}
+    for scenario in SCENARIOS:
+        best = dict.fromkeys(INPROC_MODES, float("inf"))
+        for r in range(rounds):
+            for mode in INPROC_MODES[r % 3 :] + INPROC_MODES[: r % 3]:
+                best[mode] = min(best[mode], await inproc_cpu_us(mode, scenario, sink_url, n))
+        out[scenario] = best
+        console.print(
+            f"  in-process {scenario:<12} " + "  ".join(f"{m} {v:.0f} µs" for m, v in best.items())
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Tracing off: the null tracer's calls per request, and what they cost
 
 
@@ -361,6 +456,21 @@ def results_table(stats: Mapping[str, Mapping[str, dict[str, float]]]) -> Table:
     return table
 
 
+def inproc_table(cpu: Mapping[str, Mapping[str, float]]) -> Table:
+    table = Table(title="In-process CPU per request (µs; min of rounds; scripted backend)")
+    table.add_column("scenario")
+    for col in (*INPROC_MODES, "spans (noop) / off", "OTLP export adds"):
+        table.add_column(col, justify="right")
+    for scenario, m in cpu.items():
+        table.add_row(
+            scenario,
+            *(f"{m[k]:.0f}" for k in INPROC_MODES),
+            f"{m['on-noop-exporter'] / m['off']:.3f}",
+            f"{m['on-otlp'] - m['on-noop-exporter']:.0f}",
+        )
+    return table
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     oh.pin_cpus(args.cpus)
     with tempfile.TemporaryDirectory(prefix="tracing-bench-") as tmp:
@@ -381,6 +491,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(6)  # the batch processor exports every 5 s: let it flush
             async with httpx.AsyncClient() as c:
                 sunk = (await c.get(sink_url + "/spans")).json()
+            in_process = await inproc(sink_url, args.inproc_requests, args.inproc_rounds)
     stats = {sc: {m: s.stats() for m, s in modes.items()} for sc, modes in samples.items()}
     calls = await null_calls_per_request({s: s for s in SCENARIOS})
     micro = null_call_ns()
@@ -408,6 +519,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for sc, modes in stats.items()
         },
         "sink": sunk | {"requests_traced": traced_requests},
+        "in_process_cpu_us_per_request": in_process,
         "tracing_off": {
             "null_calls_per_request": calls,
             "null_call_ns": micro,
@@ -422,6 +534,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--cpus", type=lambda s: {int(x) for x in s.split(",")}, default={1})
+    parser.add_argument("--inproc-requests", type=int, default=600)
+    parser.add_argument("--inproc-rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a smoke run (few requests)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--sink-port", type=int, help=argparse.SUPPRESS)
@@ -431,10 +545,12 @@ def main() -> None:
         return
     if args.quick:
         args.requests, args.blocks, args.warmup = 120, 3, 10
+        args.inproc_requests, args.inproc_rounds = 100, 2
     output = args.output
     del args.output, args.sink_port
     result = asyncio.run(run(args))
     console.print(results_table(result["stats"]))
+    console.print(inproc_table(result["in_process_cpu_us_per_request"]))
     off = result["tracing_off"]
     sink = result["sink"]
     console.print(

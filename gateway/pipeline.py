@@ -123,10 +123,10 @@ async def complete(
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     check_route_serves(requested, endpoint, payload, state.config)
 
-    with tracer.span(ADMISSION_SPAN, {"deliberate.requested_route": requested.name}) as span:
+    with tracer.span(ADMISSION_SPAN) as span:
         route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
         if tracer.enabled:
-            note_admission(span, route.name, ctx)
+            note_admission(span, requested.name, route.name, ctx)
     if route is not requested:
         ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
         check_route_serves(route, endpoint, payload, state.config)

@@ -225,10 +225,11 @@ def note_decision(span: Span, decision: Decision) -> None:
     span.set_attributes(a)
 
 
-def note_admission(span: Span, admitted: str, ctx: RequestContext) -> None:
-    span.set_attribute("deliberate.route", admitted)
+def note_admission(span: Span, requested: str, admitted: str, ctx: RequestContext) -> None:
+    a: dict[str, AttrValue] = {"deliberate.requested_route": requested, "deliberate.route": admitted}
     if ctx.downgrade_cause is not None:
-        span.set_attribute("deliberate.downgrade", ctx.downgrade_cause)
+        a["deliberate.downgrade"] = ctx.downgrade_cause
+    span.set_attributes(a)
 
 
 def note_request(span: Span, ctx: RequestContext, pools: Mapping[str, HasModel]) -> None:

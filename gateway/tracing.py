@@ -226,7 +226,10 @@ def note_decision(span: Span, decision: Decision) -> None:
 
 
 def note_admission(span: Span, requested: str, admitted: str, ctx: RequestContext) -> None:
-    a: dict[str, AttrValue] = {"deliberate.requested_route": requested, "deliberate.route": admitted}
+    a: dict[str, AttrValue] = {
+        "deliberate.requested_route": requested,
+        "deliberate.route": admitted,
+    }
     if ctx.downgrade_cause is not None:
         a["deliberate.downgrade"] = ctx.downgrade_cause
     span.set_attributes(a)

@@ -5,7 +5,7 @@ gateway's own cost), and three gateway processes on the same policy, differing o
 environment:
 
 - ``off``: no ``OTEL_*`` at all (the default): the gateway runs on the null tracer and never
-  imports OpenTelemetry;
+  loads the OpenTelemetry SDK;
 - ``on``: ``OTEL_TRACES_EXPORTER=otlp`` to a local OTLP/HTTP sink started here (the SDK's
   ``BatchSpanProcessor`` and OTLP/protobuf exporter, exactly as in production; the sink decodes
   each export and counts its spans, so the run proves the spans left the process);

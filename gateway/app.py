@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -59,6 +61,16 @@ def replica_views(scraper: BackendScraper) -> list[ReplicaView]:
             )
             views.append(ReplicaView(pool.name, replica.url, up, age, snap))
     return views
+
+
+def _no_framework_tracing() -> dict[str, Any]:
+    """FastAPI releases with native OpenTelemetry (the ``telemetry`` argument) trace every
+    request through the *global* provider once one is configured (by auto-instrumentation or
+    ``FASTAPI_OTEL_AUTO_CONFIGURE``): a second server span beside the gateway's own. The
+    gateway's tracing (``gateway.tracing``) is the one: turn FastAPI's off where it exists."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False}}
+    return {}
 
 
 def create_app(
@@ -154,6 +166,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        **_no_framework_tracing(),
     )
     install_error_handlers(app)
     # /docs stays off: Swagger UI loads its script from a CDN and a browser cannot send the

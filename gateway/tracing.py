@@ -2,7 +2,7 @@
 
 Tracing is opt-in through the standard OpenTelemetry environment, read once at start-up
 (``tracing_from_env``). Off — the default — the gateway runs on ``NO_TRACING`` and never
-imports OpenTelemetry, so it creates no span at all. On, ``gateway.otel`` builds an SDK
+loads the OpenTelemetry SDK, so it creates no span at all. On, ``gateway.otel`` builds an SDK
 tracer provider with the configured exporters (the ``otel`` extra must be installed).
 
 The span tree of one request (see docs/configuration.md, "Tracing"):

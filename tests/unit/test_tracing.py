@@ -445,3 +445,10 @@ async def test_a_rate_limit_ends_the_budget_span_with_the_error(traced: Traced) 
     assert attrs(roots[1])["error.type"] == "RateLimited"
     # the second request never reached the backend
     assert len([s for s in spans if s.name == "chat fake-model"]) == 1
+
+
+def test_fastapis_own_tracing_is_off() -> None:
+    """FastAPI releases with native OpenTelemetry would add a second server span per request
+    once a global provider exists; the gateway turns it off (older releases have none)."""
+    app = create_app(Settings(), make_config(), CollectorRegistry(), tracing=Tracing())
+    assert getattr(app, "_telemetry", {"tracing": False})["tracing"] is False

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -28,6 +31,7 @@ from gateway.reload import ConfigWatcher, file_stamp
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.traces import TraceExporter, build_sink
+from gateway.tracing import Tracing, tracing_from_env
 from metrics.backends import BackendCollector, ReplicaView
 from metrics.registry import Metrics
 from routing.config import BackendPool, DeliberateConfig
@@ -60,18 +64,32 @@ def replica_views(scraper: BackendScraper) -> list[ReplicaView]:
     return views
 
 
+def _no_framework_tracing() -> dict[str, Any]:
+    """FastAPI releases with native OpenTelemetry (the ``telemetry`` argument) trace every
+    request through the *global* provider once one is configured (by auto-instrumentation or
+    ``FASTAPI_OTEL_AUTO_CONFIGURE``): a second server span beside the gateway's own. The
+    gateway's tracing (``gateway.tracing``) is the one: turn FastAPI's off where it exists."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False}}
+    return {}
+
+
 def create_app(
     settings: Settings,
     config: DeliberateConfig | None = None,
     registry: CollectorRegistry | None = None,
     transport_factory: Callable[[BackendPool], httpx.AsyncBaseTransport] = build_transport,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Build the gateway.
 
     ``config`` defaults to ``settings.config`` read from disk (at start-up, in the lifespan);
     ``registry`` to a fresh one, exposed on ``/metrics``; ``transport_factory`` builds each
-    pool's connection pool (tests pass a fake transport).
+    pool's connection pool (tests pass a fake transport); ``tracing`` to what the ``OTEL_*``
+    environment asks for, decided here once (off unless it asks: ``gateway.tracing``).
     """
+    tracing = tracing if tracing is not None else tracing_from_env(os.environ, gateway_version())
+    tracer = tracing.tracer
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +103,7 @@ def create_app(
                 b,
                 transport_factory(b),
                 on_eject=metrics.eject,
+                tracer=tracer,
                 on_drop=lambda pool, drop: metrics.engine_drop(pool, drop.reason),
             )
             for b in cfg.backends
@@ -120,6 +139,7 @@ def create_app(
             scraper=scraper,
             online=online,
             traces=traces,
+            tracer=tracer,
         )
         if traces is not None:
             traces.start(cfg)
@@ -157,6 +177,8 @@ def create_app(
             await store.aclose()
             if traces is not None:
                 await traces.aclose(timeout_s=5.0)
+            if tracing.shutdown is not None:
+                await tracing.shutdown()  # flushes the exporters' last batch
 
     app = FastAPI(
         title="Deliberate",
@@ -164,6 +186,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        **_no_framework_tracing(),
     )
     install_error_handlers(app)
     # /docs stays off: Swagger UI loads its script from a CDN and a browser cannot send the

@@ -258,6 +258,7 @@ def _run(settings: Settings) -> None:
 
     from gateway.app import create_app
     from gateway.http.timeouts import header_protocol
+    from gateway.tracing import TracingConfigError
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -268,7 +269,11 @@ def _run(settings: Settings) -> None:
         f"[bold green]Deliberate[/bold green] gateway on http://{settings.host}:{settings.port}/v1 "
         f"(config {settings.config})"
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except TracingConfigError as e:
+        print(f"tracing: {e}", file=sys.stderr)  # noqa: T201 - one line, like check-config
+        raise typer.Exit(2) from e
 
     def headers_timed_out() -> None:
         services = getattr(app.state, "services", None)

@@ -19,6 +19,7 @@ from gateway.backends.scheduling import SchedulingHints
 from gateway.context import RequestContext
 from gateway.errors import BackendTimeout, DeliberateError, EngineDropped, InvalidRequest
 from gateway.sse import DONE_EVENT, format_event
+from gateway.tracing import STRATEGY_SPAN, note_strategy
 from metrics.detail import StrategyStats
 from routing.config import Route
 from strategies.base import (
@@ -148,14 +149,21 @@ async def run_route(
         strategy = strategy_for(guarded)
     else:
         strategy = build_strategy(route, pools, ctx.request_id, ctx.scheduling)
-    sctx = StrategyContext(guarded, budget, deadline)
+    tracer = pool.tracer
+    sctx = StrategyContext(guarded, budget, deadline, tracer=tracer)
     if note is not None:
         sctx.note = note
     request = replace(strategy_request(payload), seeds=seeds)
     if (visible := route.budget.max_visible_tokens) is not None:
         request = replace(request, max_tokens=min(request.max_tokens or visible, visible))
     try:
-        result = await strategy.run(request, sctx)
+        with tracer.span(STRATEGY_SPAN) as span:
+            if tracer.enabled:
+                span.set_attribute("deliberate.route", route.name)
+                span.set_attribute("deliberate.strategy", route.strategy)
+            result = await strategy.run(request, sctx)
+            if tracer.enabled:
+                note_strategy(span, result, budget.calls)
     except DeadlineExceeded as e:
         raise BackendTimeout(
             f"route {route.name!r} reached its deadline of "

@@ -15,6 +15,7 @@ from metrics.detail import Detail, StrategyStats
 from metrics.registry import Outcome, RequestRecord
 from routing.decision import Decision
 from routing.sampling import SamplingPlan
+from strategies.tracing import NO_SPAN, OpenSpan
 from strategies.usage import Usage
 
 MAX_REQUEST_ID = 128
@@ -68,6 +69,7 @@ class RequestContext:
     """The strategy's per-candidate detail, kept for the trace export when the response
     leaves it out (more candidates than the route's ``candidate_detail``)."""
     scheduling: SchedulingHints | None = None  # for the engine's scheduler, on every call
+    span: OpenSpan = NO_SPAN  # the request's server span (tracing on), ended by the HTTP layer
     _recorded: bool = False
     _last_token: float | None = None
 

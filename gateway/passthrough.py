@@ -20,6 +20,7 @@ from gateway.backends.upstream import Upstream, read_json
 from gateway.context import RequestContext
 from gateway.errors import DeliberateError
 from gateway.sse import DONE, DONE_EVENT, EventSplitter, event_data, format_event
+from gateway.tracing import note_usage
 from strategies.base import Deadline
 from strategies.usage import Usage
 
@@ -163,6 +164,8 @@ async def relay_stream(
             upstream.failed("the backend's stream carried an error event")
         else:
             upstream.succeeded()
+            if upstream.pool.tracer.enabled:
+                note_usage(upstream.span, ctx.usage)
         ctx.stream_done = True
     except TimeoutError:
         upstream.failed("no whole stream before the route's deadline")

@@ -50,6 +50,14 @@ from gateway.responses import Translation
 from gateway.responses_forward import RESPONSES_PATH, ResponsesDialect, forward_body
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
+from gateway.tracing import (
+    ADMISSION_SPAN,
+    BUDGET_SPAN,
+    ROUTE_SPAN,
+    note_admission,
+    note_decision,
+    note_request_body,
+)
 from routing.config import DeliberateConfig, Route
 from routing.features import message_text
 from routing.sampling import SAMPLING_FIELDS
@@ -111,10 +119,16 @@ async def complete(
     route then forwards the Responses request itself where the pool serves it (the answer's
     ``dialect`` says which one came back)."""
     state = services.state  # one policy for the whole request, whatever reloads meanwhile
+    tracer = services.tracer
     payload = parse_payload(raw, _SCHEMAS[endpoint])
     if services.settings.log_prompts:
         ctx.prompt_preview = prompt_preview(payload)
-    decision = decide(services, state, endpoint, payload, len(raw), tenant)
+    if tracer.enabled:
+        note_request_body(ctx.span, payload)
+    with tracer.span(ROUTE_SPAN) as span:
+        decision = decide(services, state, endpoint, payload, len(raw), tenant)
+        if tracer.enabled:
+            note_decision(span, decision)
     ctx.decision = decision
     requested = state.config.route(decision.route)
     ctx.route, ctx.strategy, ctx.backend = requested.name, requested.strategy, requested.backend
@@ -128,7 +142,10 @@ async def complete(
     prompt_tokens = await check_prompt_fits(pool, endpoint, payload, len(raw), ctx)
     check_route_serves(requested, endpoint, payload, state.config)
 
-    route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
+    with tracer.span(ADMISSION_SPAN) as span:
+        route = admit_route(services, state, requested, payload, prompt_tokens, ctx, endpoint)
+        if tracer.enabled:
+            note_admission(span, requested.name, route.name, ctx)
     if route is not requested:
         ctx.route, ctx.strategy, ctx.backend = route.name, route.strategy, route.backend
         check_route_serves(route, endpoint, payload, state.config)
@@ -200,7 +217,11 @@ async def serve(
             kv_tokens(prompt_tokens, shape, shared=False) * per_token,
         )
     if reserve:  # a step-down keeps the first route's reservation (a cheaper route fits it)
-        await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
+        tracer = services.tracer
+        with tracer.span(BUDGET_SPAN) as span:
+            if tracer.enabled:
+                span.set_attribute("deliberate.token_ceiling", ctx.token_ceiling)
+            await services.budgets.reserve(tenant, ctx.token_ceiling, ctx)
 
     streaming = bool(payload.get("stream"))
     if route.strategy != "single-pass" or route.escalate_to is not None:

@@ -14,6 +14,7 @@ from metrics.registry import Metrics
 from routing.config import DeliberateConfig
 from routing.online import OnlineTables
 from routing.resolve import RouteTable
+from strategies.tracing import NO_TRACING, Tracer
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Services:
     """Live quality tables (used when the policy enables online updates); kept across reloads."""
     traces: TraceExporter | None = None
     """The distillation trace export; None without a sink (``DELIBERATE_TRACE_SINK``)."""
+    tracer: Tracer = NO_TRACING
+    """Spans of requests (``gateway.tracing``); the pools hold the same tracer."""
 
     @property
     def config(self) -> DeliberateConfig:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from strategies.ports import BudgetExhausted as BudgetExhausted
 from strategies.ports import GenChoice, Generator, GenRequest, GenResult, Message
+from strategies.tracing import NO_TRACING, Tracer
 from strategies.usage import Usage
 
 StopReason = Literal[
@@ -186,6 +187,8 @@ class StrategyContext:
     deadline: Deadline = field(default_factory=Deadline)
     note: Callable[[str], None] = field(default=lambda _: None)
     """Short progress notes ("sampled 8 candidates"), streamed to clients that opted in."""
+    tracer: Tracer = NO_TRACING
+    """Spans for ladder rungs and verifier calls (``strategies.tracing``)."""
 
 
 @dataclass(frozen=True, slots=True)

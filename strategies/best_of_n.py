@@ -26,6 +26,7 @@ from strategies.base import Choice, StopReason, StrategyContext, StrategyRequest
 from strategies.confidence import Signal, confidence_stats, signal_value
 from strategies.ports import Candidate, GenChoice, GenRequest, GenResult, Score, Verifier
 from strategies.thinking import ThinkingParams, thinking_budget
+from strategies.tracing import NO_TRACING, Tracer, traced_score
 from strategies.usage import Usage
 from strategies.verifiers.arithmetic import ArithmeticConsistencyVerifier, is_checkable
 from strategies.verifiers.registry import VerifierContext, build_verifier
@@ -226,6 +227,7 @@ async def select(
     selector: Selector,
     verifier: Verifier | None,
     verifier_params: BestOfNParams | None = None,
+    tracer: Tracer = NO_TRACING,
 ) -> tuple[int, dict[str, Any], Usage]:
     """Pick a candidate. Returns (index, info, verifier usage)."""
     texts = [c.text for c in sampled.choices]
@@ -243,7 +245,7 @@ async def select(
         cands = [
             Candidate(i, t, a) for i, (t, a) in enumerate(zip(texts, sampled.answers, strict=True))
         ]
-        scores = await v.score(question, cands)
+        scores = await traced_score(tracer, v, question, cands)
     vote: VoteResult = (
         weighted_vote(sampled.answers, [s.value for s in scores])
         if used == "weighted"
@@ -298,7 +300,12 @@ class BestOfN:
             self.params.verifier, VerifierContext(generator=ctx.generator), {}
         )
         chosen, info, verify_usage = await select(
-            question_of(request.messages), sampled, self.params.selector, verifier, self.params
+            question_of(request.messages),
+            sampled,
+            self.params.selector,
+            verifier,
+            self.params,
+            ctx.tracer,
         )
         ctx.budget.charge(Usage(hidden=verify_usage.hidden))
         if chosen < len(seeds):  # a seed won: every token of this call is hidden

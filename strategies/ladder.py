@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +42,7 @@ from strategies.best_of_n import (
 )
 from strategies.ports import GenChoice, Verifier
 from strategies.sampling import SAMPLING_FIELDS
+from strategies.tracing import VERIFY_SPAN, Span, Tracer, verify_attrs
 from strategies.usage import Usage
 from strategies.verifiers.confidence import needs_logprobs
 from strategies.waves import (
@@ -51,6 +53,26 @@ from strategies.waves import (
     relabel,
     select,
 )
+
+RUNG_SPAN = "deliberate.rung"
+RUNG_CANDIDATES = "deliberate.rung.candidates"
+VERIFY_PASSED = "deliberate.verifier.passed"
+VERIFY_BEST = "deliberate.verifier.best_score"
+
+
+def rung_span(tracer: Tracer, k: int, label: str) -> AbstractContextManager[Span]:
+    """The span of rung ``k`` (0: the route's own answer) while it draws its candidates."""
+    if not tracer.enabled:
+        return tracer.span(RUNG_SPAN)
+    return tracer.span(RUNG_SPAN, {"deliberate.rung": k, "deliberate.rung.label": label})
+
+
+def verify_span(tracer: Tracer, rung: RungPlan, candidates: int) -> AbstractContextManager[Span]:
+    """The span of the check that gates ``rung`` (over the whole pool)."""
+    if not tracer.enabled:
+        return tracer.span(VERIFY_SPAN)
+    attrs = {**verify_attrs(rung.verifier.name, candidates), "deliberate.rung.label": rung.label}
+    return tracer.span(VERIFY_SPAN, {**attrs, "deliberate.verifier.threshold": rung.threshold})
 
 
 @dataclass(frozen=True)
@@ -90,15 +112,19 @@ class Ladder:
         inner = with_logprobs(request) if logprobs else request
         start = min(max(0, self.start), len(self.rungs))
         if start == 0:
-            await self._first(inner, ctx, pool)  # no answer at all yet: errors propagate
             label = "first"
+            with rung_span(ctx.tracer, 0, label) as span:
+                await self._first(inner, ctx, pool)  # no answer at all yet: errors propagate
+                span.set_attribute(RUNG_CANDIDATES, len(pool))
         else:
             label = self.rungs[start - 1].label
-            try:
-                await self._climb(self.rungs[start - 1], start, inner, ctx, pool, logprobs)
-            except BudgetExhausted:
-                if not len(pool):
-                    raise
+            with rung_span(ctx.tracer, start, label) as span:
+                try:
+                    await self._climb(self.rungs[start - 1], start, inner, ctx, pool, logprobs)
+                except BudgetExhausted:
+                    if not len(pool):
+                        raise
+                span.set_attribute(RUNG_CANDIDATES, len(pool))
         path: list[dict[str, Any]] = [{"rung": start, "label": label, "candidates": len(pool)}]
         reason: StopReason = "completed"
         sel: Selection | None = None
@@ -108,14 +134,17 @@ class Ladder:
             gate = rung
             try:
                 async with asyncio.timeout(ctx.deadline.remaining_s):
-                    scores = await pool.scores(question, rung.verifier)
+                    with verify_span(ctx.tracer, rung, len(pool)) as span:
+                        scores = await pool.scores(question, rung.verifier)
+                        sel = select(pool.answers, [s.value for s in scores], rung.threshold)
+                        span.set_attribute(VERIFY_PASSED, sel.passed)
+                        span.set_attribute(VERIFY_BEST, round(sel.score, 4))
             except TimeoutError:
                 reason = "deadline"
                 break
             except BudgetExhausted:  # a verifier that calls the backend hit the caps
                 reason = "budget"
                 break
-            sel = select(pool.answers, [s.value for s in scores], rung.threshold)
             first = sel.index if first is None else first
             path[-1].update(verifier=rung.verifier.name, best_score=round(sel.score, 4))
             path[-1]["passed"] = sel.passed
@@ -130,13 +159,17 @@ class Ladder:
                 break
             ctx.note(f"best answer scored {sel.score:.2f} < {rung.threshold}: rung {rung.label}\n")
             before = len(pool)
-            try:
-                async with asyncio.timeout(ctx.deadline.remaining_s):
-                    await self._climb(rung, k, inner, ctx, pool, logprobs)
-            except (TimeoutError, DeadlineExceeded):
-                reason = "deadline"
-            except BudgetExhausted:
-                reason = "budget"
+            with rung_span(ctx.tracer, k, rung.label) as span:
+                try:
+                    async with asyncio.timeout(ctx.deadline.remaining_s):
+                        await self._climb(rung, k, inner, ctx, pool, logprobs)
+                except (TimeoutError, DeadlineExceeded):
+                    reason = "deadline"
+                except BudgetExhausted:
+                    reason = "budget"
+                span.set_attribute(RUNG_CANDIDATES, len(pool) - before)
+                if reason != "completed":
+                    span.set_attribute("deliberate.rung.cut_by", reason)
             path.append({"rung": k, "label": rung.label, "candidates": len(pool) - before})
             sel = None
             if reason != "completed":
@@ -200,7 +233,8 @@ class Ladder:
         if reason != "deadline" and not ctx.deadline.expired:
             try:
                 async with asyncio.timeout(ctx.deadline.remaining_s):
-                    await pool.scores(question, gate.verifier)
+                    with verify_span(ctx.tracer, gate, len(pool)):
+                        await pool.scores(question, gate.verifier)
             except (TimeoutError, BudgetExhausted):
                 pass  # what was scored before counts
         return select(pool.answers, pool.known_scores(gate.verifier.name), gate.threshold)

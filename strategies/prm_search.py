@@ -64,6 +64,7 @@ from strategies.ports import (
     Score,
     Verifier,
 )
+from strategies.tracing import VERIFY_SPAN, note_scores
 from strategies.usage import Usage
 from strategies.verifiers.registry import VerifierConfigError, VerifierContext, build_verifier
 
@@ -526,7 +527,11 @@ class PrmSearch:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(ctx.deadline.remaining_s):
-                    scores = await scorer.score_last_steps(question, distinct)
+                    with ctx.tracer.span(VERIFY_SPAN) as span:
+                        scores = await scorer.score_last_steps(question, distinct)
+                        if ctx.tracer.enabled:
+                            span.set_attribute("deliberate.verifier.candidates", len(distinct))
+                            note_scores(span, scores)
             finally:
                 st.prm_seconds += time.perf_counter() - started
             st.verifier_calls += 1

@@ -39,6 +39,7 @@ from strategies.base import (
 )
 from strategies.best_of_n import DeadlineExceeded, question_of
 from strategies.ports import Candidate, GenChoice, Generator, GenRequest, Verifier
+from strategies.tracing import traced_score
 from strategies.usage import Usage
 from strategies.verifiers.registry import VerifierContext, build_verifier
 
@@ -266,7 +267,7 @@ class Refine:
         candidate = Candidate(0, text, None if raw is None else normalize_answer(raw))
         try:
             async with asyncio.timeout(ctx.deadline.remaining_s):
-                (score,) = await verifier.score(question, [candidate])
+                (score,) = await traced_score(ctx.tracer, verifier, question, [candidate])
         except TimeoutError:
             return version
         spent.verifier_calls += 1

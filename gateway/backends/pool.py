@@ -22,6 +22,7 @@ from gateway.backends.affinity import HashRing, pick, prefix_key
 from gateway.backends.outlier import OutlierPolicy, OutlierState
 from gateway.backends.scheduling import Drop, SchedulingHints, hint_headers
 from routing.config import BackendPool
+from strategies.tracing import NO_TRACING, Tracer
 
 OnEject = Callable[[str, str], None]
 """Called with (pool name, replica URL) when a replica is ejected."""
@@ -53,9 +54,11 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
         on_eject: OnEject | None = None,
         on_drop: OnDrop | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.config = config
         self.on_drop = on_drop
+        self.tracer = tracer  # spans of the calls to this pool's replicas
         self.clock = clock
         self.outliers = OutlierPolicy(config.outlier)
         self.on_eject = on_eject

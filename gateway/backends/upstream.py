@@ -28,7 +28,9 @@ from gateway.errors import (
     EngineEvicted,
     EngineRejected,
 )
+from gateway.tracing import backend_span, note_answer, note_replica
 from strategies.base import Deadline
+from strategies.tracing import NO_SPAN, OpenSpan
 
 # Failures that happen before any response byte arrived. ReadError/RemoteProtocolError here
 # typically mean a keep-alive connection the server had already closed. (The aiohttp
@@ -56,6 +58,8 @@ class Upstream:
     response: httpx.Response
     deadline: Deadline | None = None
     deadline_counts: bool = False
+    span: OpenSpan = NO_SPAN
+    """The call's client span (tracing on): ended here, with the verdict."""
     _closed: bool = False
     _verdict: str | None = None
     """"ok", or the reason the call failed."""
@@ -77,6 +81,7 @@ class Upstream:
                 self.pool.record_success(self.replica)
             elif verdict is not None:
                 self.pool.record_failure(self.replica, verdict)
+            self.span.end(None if verdict in (None, "ok") else verdict)
             await self.response.aclose()
 
 
@@ -142,8 +147,33 @@ async def open_upstream(
     too (the pool's scheduler hints). A 429/503 whose scheduler says ``rejected-*`` moves on
     like a 503, ending in ``EngineRejected``; one that says ``evicted-*`` raises
     ``EngineEvicted`` at once (see ``gateway.backends.scheduling``).
+
+    Tracing on, the call is one client span (all its tries) from here to ``Upstream.aclose``,
+    and its W3C ``traceparent`` goes out with the request, so vLLM's spans join the trace.
     """
     sent = {**(headers or {}), "content-type": "application/json", "x-request-id": request_id}
+    span = backend_span(pool.tracer, pool.name, pool.model, path, sent)
+    try:
+        upstream = await _open(pool, path, body, sent, prefer, deadline, deadline_counts, key)
+    except BaseException as e:
+        span.end(e)
+        raise
+    if pool.tracer.enabled:
+        upstream.span = span
+        note_replica(span, upstream.replica.url, upstream.response.status_code)
+    return upstream
+
+
+async def _open(
+    pool: Pool,
+    path: str,
+    body: bytes,
+    sent: dict[str, str],
+    prefer: Replica | None,
+    deadline: Deadline | None,
+    deadline_counts: bool,
+    key: str | None,
+) -> Upstream:
     failures: list[str] = []
     last: DeliberateError | None = None
     rejected: EngineRejected | None = None
@@ -243,6 +273,8 @@ async def read_json(upstream: Upstream) -> tuple[bytes, Any]:
         ) from e
     else:
         upstream.succeeded()
+        if upstream.pool.tracer.enabled:
+            note_answer(upstream.span, data)
     finally:
         await upstream.aclose()
     return raw, data

@@ -45,6 +45,7 @@ from gateway.responses import (
 from gateway.responses_schema import ResponsesRequest
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
+from gateway.tracing import ENDPOINT_OPERATIONS, note_request, request_span
 from metrics.registry import RejectReason
 
 T = TypeVar("T")
@@ -94,9 +95,38 @@ async def _completion(
     request: Request, endpoint: Endpoint, *, responses_dialect: bool = False
 ) -> Response:
     services = services_of(request)
-    translation: Translation | None = None
     ctx = RequestContext(request_id_from(request.headers.get("x-request-id")))
     request.state.ctx = ctx
+    if not services.tracer.enabled:
+        return await _serve(request, services, ctx, endpoint, responses_dialect)
+    span = ctx.span = request_span(
+        services.tracer,
+        request.method,
+        request.url.path,
+        ENDPOINT_OPERATIONS[endpoint],
+        request.headers,
+    )
+    try:
+        with span.activate():
+            response = await _serve(request, services, ctx, endpoint, responses_dialect)
+    except BaseException as e:
+        span.end(e)
+        raise
+    status = response.status_code
+    span.set_attribute("http.response.status_code", status)
+    if not isinstance(response, RelayResponse):  # a stream's span ends with the stream
+        span.end(f"HTTP {status}" if status >= 500 else None)
+    return response
+
+
+async def _serve(
+    request: Request,
+    services: Services,
+    ctx: RequestContext,
+    endpoint: Endpoint,
+    responses_dialect: bool,
+) -> Response:
+    translation: Translation | None = None
     streaming = False
     try:
         tenant = services.budgets.authenticate(request.headers.get("authorization"))
@@ -119,6 +149,8 @@ async def _completion(
         body = response_body(answer.body, translation) if translate and translation else answer.body
         return Response(body, media_type="application/json", headers=ctx.headers())
     except DeliberateError as e:
+        if services.tracer.enabled:
+            ctx.span.set_attribute("error.type", type(e).__name__)
         if responses_dialect:
             rename_param(e, translation)
         if (reason := _REJECTIONS.get(type(e))) is not None:
@@ -148,6 +180,8 @@ def finish(services: Services, ctx: RequestContext) -> None:
         services.metrics.record(rec)
         if services.settings.access_log:
             log_access(ctx, rec)
+        if services.tracer.enabled:
+            note_request(ctx.span, ctx, services.pools)
 
 
 class RelayResponse(StreamingResponse):
@@ -168,8 +202,10 @@ class RelayResponse(StreamingResponse):
         self._answer, self._ctx, self._services = answer, ctx, services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        span = self._ctx.span
         try:
-            await super().__call__(scope, receive, send)
+            with span.activate():  # a strategy streaming its progress runs in here
+                await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
             pass  # the server's drain timeout ran out mid-stream; clean up and end quietly
         finally:
@@ -180,6 +216,7 @@ class RelayResponse(StreamingResponse):
                     self._ctx.outcome = "cancelled"  # the client left before the end
                 await self._services.budgets.settle(self._ctx)
                 finish(self._services, self._ctx)
+                span.end()
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -62,7 +62,7 @@ class Balancing(_Strict):
         512, ge=16, description="prefix-affinity: leading characters of the conversation hashed."
     )
     load_factor: float = Field(
-        1.25,
+        1.5,
         ge=1.0,
         description="prefix-affinity: a replica takes a request while its in-flight count stays "
         "within this multiple of the pool's mean; else the next on the ring, else least-loaded.",

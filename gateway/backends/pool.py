@@ -99,7 +99,7 @@ class Pool:
         known = [r.max_model_len for r in self.replicas if r.max_model_len is not None]
         return min(known) if known else None
 
-    def ordered(self, key: str | None = None) -> list[Replica]:
+    def ordered(self, key: str | None = None, turn: bool = True) -> list[Replica]:
         """Replicas in the order to try them: healthy first, by the pool's ``balance`` policy.
 
         least-loaded: by fewest in-flight requests, ties rotating so equal replicas share the
@@ -107,10 +107,12 @@ class Pool:
         first healthy replica on the hash ring within the load bound, then the rest
         least-loaded. Unhealthy replicas come last rather than never, since a probe may
         simply not have noticed a recovery yet. Ejected replicas are left out, unless all
-        are: then all, the one back soonest first.
+        are: then all, the one back soonest first. ``turn``: this call takes a turn of the
+        rotation (a lookup such as ``/tokenize`` does not).
         """
         n = len(self.replicas)
-        self._turn = (self._turn + 1) % n
+        if turn:
+            self._turn = (self._turn + 1) % n
         rotated = self.replicas[self._turn :] + self.replicas[: self._turn]
         now = self.clock()
         live = [r for r in rotated if not self.outliers.is_ejected(r.outlier, now)]

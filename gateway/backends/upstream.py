@@ -116,10 +116,17 @@ def _expired(deadline: Deadline | None) -> bool:
     return deadline is not None and deadline.expired
 
 
-def candidates(pool: Pool, prefer: Replica | None, key: str | None = None) -> list[Replica]:
+# Lookups that generate nothing: they do not take a balancing turn (round-robin would
+# otherwise see two turns per request, the prompt check's and the completion's).
+_LOOKUP_PATHS = frozenset({"/tokenize"})
+
+
+def candidates(
+    pool: Pool, prefer: Replica | None, key: str | None = None, path: str = ""
+) -> list[Replica]:
     """The pool's replicas in the order to try them (``key``: the request's prefix, for
     prefix affinity), ``prefer`` first unless it is ejected."""
-    order = pool.ordered(None if prefer is not None else key)
+    order = pool.ordered(None if prefer is not None else key, turn=path not in _LOOKUP_PATHS)
     if prefer is None or prefer not in order:
         return order
     return [prefer, *(r for r in order if r is not prefer)]
@@ -177,7 +184,7 @@ async def _open(
     failures: list[str] = []
     last: DeliberateError | None = None
     rejected: EngineRejected | None = None
-    for rep in candidates(pool, prefer, key):
+    for rep in candidates(pool, prefer, key, path):
         if failures and _expired(deadline):
             break  # no time for a retry (the first try is the caller's to time out)
         rep.in_flight += 1

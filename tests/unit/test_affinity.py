@@ -65,7 +65,7 @@ def test_same_prefix_same_replica_until_it_is_full() -> None:
     key = "system\x1fYou are a careful tutor."
     home = pool.ordered(key)[0]
     assert all(pool.ordered(key)[0] is home for _ in range(10))
-    home.in_flight = 3  # hot: 3 + 1 > 1.25 * 4 / 4
+    home.in_flight = 3  # hot: 3 + 1 > ceil(1.5 * 4 / 4)
     assert pool.ordered(key)[0] is not home
     assert pool.ordered(key)[0].in_flight == 0
 
@@ -94,6 +94,22 @@ def test_round_robin_takes_turns_whatever_the_load() -> None:
     pool.replicas[0].in_flight = 50
     firsts = Counter(pool.ordered("k")[0].url for _ in range(40))
     assert set(firsts.values()) == {10}
+
+
+def test_a_lookup_takes_no_turn() -> None:
+    """Each request's prompt check (/tokenize) must not skip the next replica's turn."""
+    pool = make_pool("round-robin", urls=URLS[:2])
+    firsts = []
+    for _ in range(10):
+        pool.ordered(turn=False)  # the request's /tokenize
+        firsts.append(pool.ordered()[0].url)
+    assert Counter(firsts) == {URLS[0]: 5, URLS[1]: 5}
+
+
+def test_the_default_bound_lets_a_home_take_a_third_of_three() -> None:
+    # Two replicas, 2 requests in flight, both on the home: at c = 1.5 it takes the third.
+    assert pick([0, 1], {0: 2, 1: 0}, Balancing().load_factor) == 0
+    assert pick([0, 1], {0: 2, 1: 0}, 1.25) == 1
 
 
 # -- through the app: which replica each backend call of a request reached -----------------

@@ -35,7 +35,13 @@ async def read_json_body(upstream: Upstream, ctx: RequestContext) -> bytes:
     if ctx.usage.hidden == 0 and (answers := thinking_answers(data)) is not None:
         # Thinking the backend did not count: whatever is not the answers was thinking.
         try:
-            counts = await count_tokens(upstream.pool, answers, ctx.request_id, upstream.replica)
+            counts = await count_tokens(
+                upstream.pool,
+                answers,
+                ctx.request_id,
+                upstream.replica,
+                headers=upstream.pool.hint_headers(ctx.scheduling),
+            )
         except DeliberateError:
             pass  # the answer is here; only the split of its usage is unknown
         else:

@@ -167,8 +167,8 @@ async def sample(
         think = min(think, max(0, rem - 1))
         cap = max(1, min(cap, rem - think))
     per_candidate = None if cap is None else cap + think
-    if per_candidate and ctx.budget.remaining is not None:
-        n = max(1, min(n, ctx.budget.remaining // per_candidate))
+    if per_candidate and rem is not None:
+        n = max(1, min(n, rem // per_candidate))
     if (left := ctx.budget.candidates_left) is not None:
         n = max(1, min(n, left))
     try:

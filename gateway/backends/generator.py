@@ -72,7 +72,11 @@ class VLLMGenerator:
             return result
         try:
             counts = await count_tokens(
-                self.pool, [c.text for c in result.choices], rid, prefer=self.replica
+                self.pool,
+                [c.text for c in result.choices],
+                rid,
+                prefer=self.replica,
+                headers=self.headers,
             )
         except DeliberateError:
             return result  # the samples are here; the backend's own reasoning count stands

@@ -8,7 +8,7 @@ was thinking (its end marker included), which is hidden.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -18,16 +18,26 @@ from gateway.errors import BackendError
 
 
 async def count_tokens(
-    pool: Pool, texts: Sequence[str], request_id: str, prefer: Replica | None = None
+    pool: Pool,
+    texts: Sequence[str],
+    request_id: str,
+    prefer: Replica | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> list[int]:
-    """The token count of each of ``texts`` as generated text (no special tokens added)."""
+    """The token count of each of ``texts`` as generated text (no special tokens added);
+    ``headers``: the request's scheduler hints."""
 
     async def one(i: int, text: str) -> int:
         if not text:
             return 0
         body = {"model": pool.model, "prompt": text, "add_special_tokens": False}
         upstream = await open_upstream(
-            pool, "/tokenize", orjson.dumps(body), f"{request_id}-tok{i}", prefer=prefer
+            pool,
+            "/tokenize",
+            orjson.dumps(body),
+            f"{request_id}-tok{i}",
+            prefer=prefer,
+            headers=headers,
         )
         _, data = await read_json(upstream)
         count = data.get("count") if isinstance(data, dict) else None

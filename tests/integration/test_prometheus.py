@@ -122,7 +122,13 @@ def events_gateway(
     workdir = tmp_path_factory.mktemp("events-gateway")
     path = workdir / "routes.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {"DELIBERATE_METRICS_TENANT_LABELS": "true", "DELIBERATE_METRICS_BIND": events_metrics}
+    env = {
+        "DELIBERATE_METRICS_TENANT_LABELS": "true",
+        "DELIBERATE_METRICS_BIND": events_metrics,
+        # A trace sink, so the trace-export series (and their alert's query) exist.
+        "DELIBERATE_TRACE_SINK": "file",
+        "DELIBERATE_TRACE_FILE": str(workdir / "traces.jsonl"),
+    }
     with running_gateway(path, workdir, env) as url:
         yield url
 

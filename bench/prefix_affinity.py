@@ -5,8 +5,9 @@ Starts two SmolLM2 replicas with the project's own backend code (one pinned to e
 policy, each with a two-replica pool. The workload is prefix-heavy: ``--prompts`` long system
 prompts (``--prompt-words`` random words, ~1.3 tokens each), each reused by ``--uses``
 requests with a short user question, in a seeded random order at ``--concurrency``. The
-default working set (48 prompts of ~1,200 tokens) is larger than one replica's KV cache but
-fits in two: the case affinity is for. Every policy gets its own fresh prompts (same sizes,
+default working set (72 prompts of ~950 tokens, ~68k tokens) is larger than one replica's KV
+cache (46,592 tokens at 1 GiB) but fits in two: the case affinity is for. (48 prompts, ~46k
+tokens, just fit one replica's cache: ``results/prefix_affinity-48prompts.json``.) Every policy gets its own fresh prompts (same sizes,
 other words), so no policy finds the previous one's prefixes cached.
 
 Reported per policy, in one run: the prefix-cache hit rate from vLLM's own counters
@@ -16,7 +17,7 @@ replicas, deltas over the policy's requests), the requests each replica served
 affinity's hit rate >= 1.5x least-loaded's, with no replica over 1.5x the mean load.
 Prints a table; writes ``bench/results/prefix_affinity.json``.
 
-    .venv/bin/python bench/prefix_affinity.py [--prompts 48 --uses 4 --kv-gib 1]
+    .venv/bin/python bench/prefix_affinity.py [--prompts 72 --uses 4 --kv-gib 1]
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ async def run_policy(policy: str, urls: list[str], args: argparse.Namespace) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--prompts", type=int, default=72)
     p.add_argument("--uses", type=int, default=4)
     p.add_argument("--prompt-words", type=int, default=900)
     p.add_argument("--concurrency", type=int, default=4)
